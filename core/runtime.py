@@ -1,0 +1,84 @@
+"""Where the pack is running: inside ComfyUI or under the headless runner.
+
+Inside ComfyUI, folders, progress bars and cancellation come from ComfyUI itself
+(``folder_paths``, ``comfy.utils.ProgressBar``, ``comfy.model_management``). ComfyUI imports
+``folder_paths`` before it loads custom nodes, so its presence in ``sys.modules`` tells us where we
+are without importing anything ourselves. Headless, the runner sets the folders with
+:func:`configure` and progress goes to tqdm.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+_dirs: dict[str, Path] = {}
+
+
+def in_comfyui() -> bool:
+    return "folder_paths" in sys.modules
+
+
+def configure(output_dir: str | os.PathLike, temp_dir: str | os.PathLike | None = None) -> None:
+    """Set the headless output folder (and the preview folder, default ``<output>/temp``)."""
+    out = Path(output_dir).resolve()
+    _dirs["output"] = out
+    _dirs["temp"] = Path(temp_dir).resolve() if temp_dir else out / "temp"
+
+
+def output_directory() -> Path:
+    if in_comfyui():
+        return Path(sys.modules["folder_paths"].get_output_directory())
+    return _dirs.get("output") or Path.cwd() / "output"
+
+
+def temp_directory() -> Path:
+    if in_comfyui():
+        return Path(sys.modules["folder_paths"].get_temp_directory())
+    return _dirs.get("temp") or Path(tempfile.gettempdir()) / "loralab"
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel (no-op headless,
+    where Ctrl-C raises KeyboardInterrupt by itself)."""
+    if in_comfyui():
+        import comfy.model_management
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+class _Progress:
+    def __init__(self, total: int, desc: str):
+        if in_comfyui():
+            import comfy.utils
+
+            self._bar, self._tqdm = comfy.utils.ProgressBar(total), None
+        else:
+            from tqdm.auto import tqdm
+
+            self._bar, self._tqdm = None, tqdm(total=total, desc=desc, leave=False,
+                                               disable=os.environ.get("LORALAB_NO_PROGRESS") == "1")
+
+    def update(self, n: int = 1) -> None:
+        check_interrupted()
+        if self._bar is not None:
+            self._bar.update(n)
+        else:
+            self._tqdm.update(n)
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+
+
+@contextmanager
+def progress(total: int, desc: str = ""):
+    """A progress bar that is ComfyUI's inside ComfyUI and tqdm's headless."""
+    bar = _Progress(total, desc)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,50 @@
+"""Errors in ComfyUI's shapes, with a readable rendering for the terminal."""
+
+from __future__ import annotations
+
+
+class WorkflowError(Exception):
+    """The workflow cannot run as given (ComfyUI's /prompt 400 body). Exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, error: dict, node_errors: dict | None = None):
+        self.error = error
+        self.node_errors = node_errors or {}
+        super().__init__(self.render())
+
+    def to_json(self) -> dict:
+        return {"error": self.error, "node_errors": self.node_errors}
+
+    def render(self) -> str:
+        lines = [self.error["message"] + (f": {self.error['details']}"
+                                          if self.error.get("details") and not self.node_errors else "")]
+        for node_id, entry in self.node_errors.items():
+            title = entry.get("title")
+            name = f"node {node_id} ({entry['class_type']}" + (f", '{title}'" if title else "") + ")"
+            for err in entry["errors"]:
+                lines.append(f"  {name}: {err['message']}: {err['details']}")
+        return "\n".join(lines)
+
+
+def invalid_prompt(message: str, details: str = "") -> WorkflowError:
+    return WorkflowError({"type": "invalid_prompt", "message": message, "details": details,
+                          "extra_info": {}})
+
+
+class NodeExecutionError(Exception):
+    """A node raised while running (ComfyUI's ``execution_error`` message). Exit code 1."""
+
+    exit_code = 1
+
+    def __init__(self, node_id: str, class_type: str, title: str | None, exc: BaseException):
+        self.node_id, self.class_type, self.title, self.exc = node_id, class_type, title, exc
+        label = f"node {node_id} ({class_type}" + (f", '{title}'" if title else "") + ")"
+        super().__init__(f"{label} failed: {type(exc).__name__}: {exc}")
+
+    def to_json(self) -> dict:
+        import traceback
+
+        return {"node_id": self.node_id, "node_type": self.class_type,
+                "exception_message": str(self.exc), "exception_type": type(self.exc).__name__,
+                "traceback": traceback.format_exception(self.exc)}

@@ -1,0 +1,240 @@
+"""API-format workflows: loading, ``--set`` overrides, ComfyUI-style validation, ordering.
+
+Validation follows ComfyUI's ``execution.validate_prompt``: the same error types and messages,
+values converted to the declared type, min/max and combo checks, link type checks. Unlike
+ComfyUI, which runs the outputs that did validate, we refuse the whole workflow when any output
+fails: a batch experiment must not silently drop results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import WorkflowError, invalid_prompt
+
+Registry = dict[str, type]
+PRIMITIVES = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+
+
+def load_workflow(path: str | Path) -> dict:
+    """Read an API-format workflow file (``{id: {"class_type", "inputs"}}``)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise invalid_prompt(f"Cannot read workflow file {str(path)!r}", e.strerror or str(e)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise invalid_prompt(f"Workflow file {str(path)!r} is not valid JSON", str(e)) from None
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise invalid_prompt(
+            f"Workflow file {str(path)!r} is in the editor's UI format; this runner takes the API "
+            "format (in ComfyUI: Workflow > Export (API))")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``NODE.INPUT=VALUE`` -> (node, input, value); VALUE is JSON when it parses, else a string."""
+    target, sep, raw = text.partition("=")
+    node, dot, name = target.rpartition(".")
+    if not sep or not dot or not node or not name:
+        raise invalid_prompt(f"--set {text!r} is not of the form NODE_ID.INPUT=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return node, name, value
+
+
+def apply_overrides(prompt: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``prompt`` with each ``NODE.INPUT=VALUE`` set; NODE is a node id or a
+    unique node title."""
+    prompt = json.loads(json.dumps(prompt))
+    for text in overrides:
+        node, name, value = parse_override(text)
+        if node not in prompt:
+            titled = [k for k, v in prompt.items()
+                      if isinstance(v, dict) and v.get("_meta", {}).get("title") == node]
+            if len(titled) != 1:
+                raise invalid_prompt(f"--set {text!r}: no node with id or unique title {node!r}",
+                                     f"node ids: {', '.join(prompt)}")
+            node = titled[0]
+        if isinstance(value, list):
+            value = {"__value__": value}  # a bare list would read as a link
+        prompt[node].setdefault("inputs", {})[name] = value
+    return prompt
+
+
+def _title(prompt: dict, node_id: str) -> str | None:
+    meta = prompt[node_id].get("_meta")
+    return meta.get("title") if isinstance(meta, dict) else None
+
+
+def _error(kind: str, message: str, details: str, **extra) -> dict:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra}
+
+
+def _types_match(received: str, expected) -> bool:
+    if isinstance(expected, (list, tuple)):  # a combo fed by a link takes any matching value
+        return True
+    if "*" in (received, expected):
+        return True
+    return bool(set(str(received).split(",")) & set(str(expected).split(",")))
+
+
+def links_of(node: dict) -> dict[str, list]:
+    return {k: v for k, v in node["inputs"].items() if isinstance(v, list)}
+
+
+def _check_value(name: str, value, kind, options: dict, info) -> tuple[object, dict | None]:
+    if isinstance(value, dict) and "__value__" in value:
+        value = value["__value__"]
+    if isinstance(kind, str) and kind in PRIMITIVES:
+        try:
+            if kind in ("INT", "FLOAT") and isinstance(value, bool):
+                raise TypeError("a boolean is not a number")
+            if kind == "INT" and isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"{value} is not a whole number")
+            if kind in ("INT", "FLOAT") and not isinstance(value, (int, float, str)):
+                raise TypeError(f"{type(value).__name__} is not a number")
+            value = PRIMITIVES[kind](value)
+        except (TypeError, ValueError, OverflowError) as e:
+            return value, _error("invalid_input_type", f"Failed to convert an input value to a {kind} value",
+                                 f"{name}, {value}, {e}", input_name=name, input_config=info,
+                                 received_value=value, exception_message=str(e))
+        if "min" in options and value < options["min"]:
+            return value, _error("value_smaller_than_min", f"Value {value} smaller than min of {options['min']}",
+                                 name, input_name=name, input_config=info, received_value=value)
+        if "max" in options and value > options["max"]:
+            return value, _error("value_bigger_than_max", f"Value {value} bigger than max of {options['max']}",
+                                 name, input_name=name, input_config=info, received_value=value)
+    elif isinstance(kind, (list, tuple)):
+        hashable = isinstance(value, (str, int, float, bool))
+        if not hashable or value not in kind:
+            shown = str(list(kind)) if len(kind) <= 20 else f"(list of length {len(kind)})"
+            return value, _error("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {shown}",
+                                 input_name=name, input_config=info, received_value=value)
+    return value, None
+
+
+def _validate_node(prompt: dict, node_id: str, registry: Registry) -> list[dict]:
+    node = prompt[node_id]
+    declared = registry[node["class_type"]].INPUT_TYPES()
+    errors = []
+    for category in ("required", "optional"):
+        for name, spec in declared.get(category, {}).items():
+            kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
+            info = [kind, options]
+            if name not in node["inputs"]:
+                if category == "required":
+                    errors.append(_error("required_input_missing", "Required input is missing", name,
+                                         input_name=name))
+                continue
+            value = node["inputs"][name]
+            if isinstance(value, list):
+                if (len(value) != 2 or not isinstance(value[0], (str, int)) or isinstance(value[1], bool)
+                        or not isinstance(value[1], int)):
+                    errors.append(_error("bad_linked_input", "Bad linked input, must be a length-2 list "
+                                         "of [node_id, slot_index]", name, input_name=name,
+                                         input_config=info, received_value=value))
+                    continue
+                source = str(value[0])
+                if source not in prompt:
+                    errors.append(_error("bad_linked_input", "Linked node does not exist",
+                                         f"{name}: node '{source}' is not in the workflow",
+                                         input_name=name, input_config=info, received_value=value))
+                    continue
+                returns = registry[prompt[source]["class_type"]].RETURN_TYPES
+                if not 0 <= value[1] < len(returns):
+                    errors.append(_error("bad_linked_input", "Linked output slot does not exist",
+                                         f"{name}: node '{source}' has {len(returns)} output(s), "
+                                         f"not slot {value[1]}", input_name=name, input_config=info,
+                                         received_value=value))
+                    continue
+                if not _types_match(returns[value[1]], kind):
+                    errors.append(_error("return_type_mismatch", "Return type mismatch between linked nodes",
+                                         f"{name}, received_type({returns[value[1]]}) mismatch "
+                                         f"input_type({kind})", input_name=name, input_config=info,
+                                         received_type=returns[value[1]], linked_node=value))
+                node["inputs"][name] = [source, value[1]]
+                continue
+            value, err = _check_value(name, value, kind, options, info)
+            if err:
+                errors.append(err)
+            else:
+                node["inputs"][name] = value
+    return errors
+
+
+def _check_shape(prompt) -> None:
+    if not isinstance(prompt, dict) or not prompt:
+        raise invalid_prompt("The workflow must be a non-empty JSON object of nodes "
+                             "({\"id\": {\"class_type\": ..., \"inputs\": {...}}})")
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise invalid_prompt("Cannot execute because a node is missing the class_type property.",
+                                 f"Node ID '#{node_id}'")
+        if not isinstance(node.setdefault("inputs", {}), dict):
+            raise invalid_prompt("A node's inputs must be a JSON object", f"Node ID '#{node_id}'")
+
+
+def needed_nodes(prompt: dict, outputs: list[str]) -> list[str]:
+    """The output nodes and everything upstream of them, in topological order (sources first).
+    Raises ``dependency_cycle`` when the graph loops."""
+    order, state = [], {}
+    for root in outputs:
+        stack = [(root, iter(links_of(prompt[root]).values()))]
+        state[root] = "open"
+        while stack:
+            node_id, pending = stack[-1]
+            link = next(pending, None)
+            if link is None:
+                stack.pop()
+                state[node_id] = "done"
+                order.append(node_id)
+                continue
+            source = link[0]
+            if state.get(source) == "open":
+                cycle = [n for n, _ in stack[[n for n, _ in stack].index(source):]]
+                raise WorkflowError(_error("dependency_cycle", "Dependency cycle detected",
+                                           " -> ".join(cycle + [source])))
+            if source not in state:
+                state[source] = "open"
+                stack.append((source, iter(links_of(prompt[source]).values())))
+    return order
+
+
+def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
+    """Check a workflow against the node declarations. Returns the workflow with constants
+    converted to their declared types, the output node ids, and the execution order."""
+    _check_shape(prompt)
+    prompt = json.loads(json.dumps(prompt))
+    outputs = []
+    for node_id, node in prompt.items():
+        cls = registry.get(node["class_type"])
+        if cls is None:
+            raise invalid_prompt(f"Cannot execute because node {node['class_type']} does not exist.",
+                                 f"Node ID '#{node_id}'")
+        if getattr(cls, "OUTPUT_NODE", False) is True:
+            outputs.append(node_id)
+    if not outputs:
+        raise WorkflowError(_error("prompt_no_outputs", "Prompt has no outputs", ""))
+    node_errors = {}
+    checked: set[str] = set()
+    frontier = list(outputs)
+    while frontier:
+        node_id = frontier.pop()
+        if node_id in checked:
+            continue
+        checked.add(node_id)
+        errors = _validate_node(prompt, node_id, registry)
+        if errors:
+            node_errors[node_id] = {"errors": errors, "dependent_outputs": outputs,
+                                    "class_type": prompt[node_id]["class_type"],
+                                    "title": _title(prompt, node_id)}
+        frontier += [v[0] for v in links_of(prompt[node_id]).values()
+                     if isinstance(v[0], str) and v[0] in prompt]
+    if node_errors:
+        details = "\n".join(f"{e['message']}: {e['details']}" for n in node_errors.values() for e in n["errors"])
+        raise WorkflowError(_error("prompt_outputs_failed_validation", "Prompt outputs failed validation",
+                                   details), node_errors)
+    return prompt, outputs, needed_nodes(prompt, outputs)

@@ -1,0 +1,121 @@
+"""Prompts, samplers and image generation."""
+
+from ..core.samplers import SAMPLER_TOOLTIP, SAMPLERS, SCHEDULES
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+class LoRALabPrompts:
+    DESCRIPTION = ("A list of prompts, one per line. Write 'category: prompt' to group prompts "
+                   "(e.g. standard / challenging / closeup) so scores can be summarised per group.")
+    CATEGORY = "LoRA Lab/sample"
+    RETURN_TYPES = ("LL_PROMPTS",)
+    RETURN_NAMES = ("prompts",)
+    OUTPUT_TOOLTIPS = ("The prompts with their categories.",)
+    FUNCTION = "parse"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text": ("STRING", {"multiline": True, "default": "a photo of a cat",
+                                "tooltip": "One prompt per line; optional 'category: prompt'; "
+                                           "blank lines and lines starting with # are skipped."}),
+        }}
+
+    def parse(self, text):
+        from ..core.prompts import parse_prompts
+
+        prompts = parse_prompts(text)
+        if not prompts:
+            raise ValueError("LoRA Lab: Prompts: input 'text' holds no prompt; write one prompt per line")
+        return (prompts,)
+
+
+class LoRALabSampler:
+    DESCRIPTION = ("Choose a sampling algorithm and sigma schedule. Built as the matching "
+                   "diffusers scheduler from the pipeline's own config at generation time.")
+    CATEGORY = "LoRA Lab/sample"
+    RETURN_TYPES = ("LL_SAMPLER",)
+    RETURN_NAMES = ("sampler",)
+    OUTPUT_TOOLTIPS = ("The sampler settings for Generate.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "sampler_name": (list(SAMPLERS), {"default": "euler", "tooltip": SAMPLER_TOOLTIP}),
+            "schedule": (list(SCHEDULES), {"default": "default", "tooltip":
+                         "Sigma schedule. default = the scheduler's own, with trailing timestep "
+                         "spacing so sampling starts at full noise; karras / exponential = "
+                         "ComfyUI's schedulers of those names (not every sampler supports them)."}),
+            "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "DDIM's stochasticity (0 = deterministic DDIM, 1 = DDPM-like). Other "
+                    "samplers ignore it."}),
+        }}
+
+    def build(self, sampler_name, schedule, eta):
+        from ..core.samplers import SamplerSpec
+
+        return (SamplerSpec(sampler_name, schedule, eta),)
+
+
+class LoRALabGenerate:
+    DESCRIPTION = ("Text-to-image generation: every prompt x images_per_prompt, image k of each "
+                   "prompt seeded with seed + k, so any single image is reproducible on its own. "
+                   "Also returns a score table with the seconds per image and peak memory.")
+    CATEGORY = "LoRA Lab/sample"
+    RETURN_TYPES = ("IMAGE", "LL_SCORES")
+    RETURN_NAMES = ("images", "cost")
+    OUTPUT_TOOLTIPS = ("Generated images, prompt by prompt.",
+                       "One row per image: model, sampler, steps, cfg, category, prompt, seed, "
+                       "seconds_per_image, peak_memory_mb.")
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        size = {"default": 0, "min": 0, "max": 4096, "step": 8}
+        return {"required": {
+            "pipeline": ("LL_PIPELINE", {"tooltip": "The model to sample from."}),
+            "sampler": ("LL_SAMPLER", {"tooltip": "Sampler and schedule (LoRA Lab: Sampler)."}),
+            "prompts": ("LL_PROMPTS", {"tooltip": "Prompts to render (LoRA Lab: Prompts)."}),
+            "negative_prompt": ("STRING", {"multiline": True, "default": "",
+                                           "tooltip": "What to steer away from (used when cfg > 1)."}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
+            "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                              "tooltip": "Classifier-free guidance scale; 1.0 or less skips the "
+                                         "unconditional pass (twice as fast)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                             "tooltip": "Seed of image 0 of each prompt; image k uses seed + k."}),
+            "width": ("INT", {**size, "tooltip": "Image width in pixels, a multiple of 8; "
+                                                 "0 = the model's native size (64 tiny, 512 SD1.5)."}),
+            "height": ("INT", {**size, "tooltip": "Image height in pixels, a multiple of 8; "
+                                                  "0 = the model's native size."}),
+            "images_per_prompt": ("INT", {"default": 1, "min": 1, "max": 64,
+                                          "tooltip": "Images per prompt, generated as one batch."}),
+        }}
+
+    def generate(self, pipeline, sampler, prompts, negative_prompt, steps, cfg, seed, width,
+                 height, images_per_prompt):
+        from ..core.generate import GenerateSettings, generate
+
+        native = pipeline.pipe.unet.config.sample_size * pipeline.pipe.vae_scale_factor
+        width, height = width or native, height or native
+        multiple = pipeline.pipe.vae_scale_factor * 2 ** (len(pipeline.pipe.unet.config.block_out_channels) - 1)
+        for name, value in (("width", width), ("height", height)):
+            if value % multiple:
+                raise ValueError(f"LoRA Lab: Generate: input '{name}' = {value} must be a multiple "
+                                 f"of {multiple} for this model")
+        settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt)
+        return generate(pipeline, sampler, prompts, settings)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoRALabPrompts": LoRALabPrompts,
+    "LoRALabSampler": LoRALabSampler,
+    "LoRALabGenerate": LoRALabGenerate,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoRALabPrompts": "LoRA Lab: Prompts",
+    "LoRALabSampler": "LoRA Lab: Sampler",
+    "LoRALabGenerate": "LoRA Lab: Generate",
+}
