@@ -1,17 +1,23 @@
-"""``LL_PIPELINE``: a bundle of diffusers components and what we know about them."""
+"""``LL_PIPELINE``: a bundle of diffusers components and what we know about them.
+
+torch is imported inside the functions: node declarations read the choices below at ComfyUI
+start-up, which must stay light."""
 
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 EMBEDDED = {"embedded: tiny-sd": MODELS_DIR / "tiny-sd"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"auto": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 @dataclass
@@ -42,6 +48,8 @@ def model_choices() -> list[str]:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     if device == "auto":
@@ -56,12 +64,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if dtype == "auto":
         # Half precision only where it is fast and safe; CPU matmuls in fp16 are slow or missing.
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
-    return DTYPES[dtype]
+    return getattr(torch, DTYPES[dtype])
 
 
 def load_pipeline(name: str, dtype: str = "auto", device: str = "auto") -> LabPipeline:
@@ -70,8 +80,11 @@ def load_pipeline(name: str, dtype: str = "auto", device: str = "auto") -> LabPi
     if name not in EMBEDDED:
         raise ValueError(f"model {name!r} not found; available: {', '.join(model_choices())}")
     dev = resolve_device(device)
-    pipe = StableDiffusionPipeline.from_pretrained(
-        EMBEDDED[name], local_files_only=True, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+    with warnings.catch_warnings():
+        # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works on every version.
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            EMBEDDED[name], torch_dtype=resolve_dtype(dtype, dev), local_files_only=True,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return LabPipeline(pipe.to(device=dev, dtype=resolve_dtype(dtype, dev)), name=name, family="sd1")
+    return LabPipeline(pipe.to(dev), name=name, family="sd1")

@@ -1,0 +1,30 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["LORALAB_NO_PROGRESS"] = "1"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from loralab import NODE_CLASS_MAPPINGS
+
+    return NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The embedded tiny pipeline on the CPU in fp32 (shared: nodes never mutate it)."""
+    from loralab.core.pipeline import load_pipeline
+
+    return load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    from loralab.core import runtime
+
+    runtime.configure(tmp_path / "output")
+    return tmp_path / "output"

@@ -1,0 +1,173 @@
+"""The headless runner: executes API workflows as ComfyUI does; bad workflows exit 2 cleanly."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import loralab
+from loralab.headless.cli import main
+from loralab.headless.execute import Executor, map_over_lists, merge_results
+from loralab.headless.graph import validate
+from loralab.headless.errors import WorkflowError
+
+QUICKSTART = Path(loralab.__file__).parent / "workflows" / "quickstart.json"
+FAST = ["--set", "5.steps=2", "--set", "Generate B.steps=2", "--set", "5.images_per_prompt=1"]
+
+
+def quickstart():
+    return json.loads(QUICKSTART.read_text())
+
+
+def run_cli(tmp_path, workflow, *args):
+    path = tmp_path / "wf.json"
+    path.write_text(workflow if isinstance(workflow, str) else json.dumps(workflow))
+    return main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *args])
+
+
+def test_quickstart_runs_and_writes_images_from_both_samplers(tmp_path, capsys):
+    assert main(["run", str(QUICKSTART), "-o", str(tmp_path / "out"), "-q", *FAST]) == 0
+    out = capsys.readouterr().out
+    euler = sorted((tmp_path / "out" / "quickstart").glob("euler_*.png"))
+    dpm = sorted((tmp_path / "out" / "quickstart").glob("dpmpp_2m_karras_*.png"))
+    assert len(euler) == 4 and len(dpm) == 8  # 4 prompts x 1 (overridden) and x 2 images
+    assert "wrote 12 image(s)" in out
+
+
+def test_run_is_reproducible(tmp_path):
+    for name in ("a", "b"):
+        assert main(["run", str(QUICKSTART), "-o", str(tmp_path / name), "-q", *FAST]) == 0
+    for png in (tmp_path / "a" / "quickstart").glob("*.png"):
+        assert png.read_bytes() == (tmp_path / "b" / "quickstart" / png.name).read_bytes()
+
+
+def broken(edit):
+    wf = quickstart()
+    edit(wf)
+    return wf
+
+
+ERROR_CASES = {
+    "unknown_node": (lambda wf: wf["3"].update(class_type="KSampler"), "invalid_prompt", "KSampler does not exist"),
+    "missing_input": (lambda wf: wf["5"]["inputs"].pop("steps"), "required_input_missing", "steps"),
+    "link_to_missing_node": (lambda wf: wf["5"]["inputs"].update(sampler=["99", 0]), "bad_linked_input", "node '99'"),
+    "link_bad_slot": (lambda wf: wf["5"]["inputs"].update(sampler=["3", 4]), "bad_linked_input", "slot 4"),
+    "malformed_link": (lambda wf: wf["5"]["inputs"].update(sampler=["3"]), "bad_linked_input", "sampler"),
+    "type_mismatch": (lambda wf: wf["5"]["inputs"].update(sampler=["2", 0]), "return_type_mismatch", "LL_PROMPTS"),
+    "too_big": (lambda wf: wf["5"]["inputs"].update(steps=10**9), "value_bigger_than_max", "steps"),
+    "too_small": (lambda wf: wf["5"]["inputs"].update(images_per_prompt=0), "value_smaller_than_min", "images_per_prompt"),
+    "not_in_list": (lambda wf: wf["3"]["inputs"].update(sampler_name="magic"), "value_not_in_list", "sampler_name: 'magic'"),
+    "wrong_type": (lambda wf: wf["5"]["inputs"].update(seed="abc"), "invalid_input_type", "seed, abc"),
+    "no_outputs": (lambda wf: [wf.pop(k) for k in ("7", "8")], "prompt_no_outputs", "no outputs"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_invalid_workflows_exit_2_with_one_readable_message(tmp_path, capsys, case):
+    edit, error_type, text = ERROR_CASES[case]
+    assert run_cli(tmp_path, broken(edit)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and text in err
+    assert run_cli(tmp_path, broken(edit), "--json") == 2
+    body = json.loads(capsys.readouterr().err)
+    types = [body["error"]["type"]] + [e["type"] for n in body["node_errors"].values() for e in n["errors"]]
+    assert error_type in types
+    assert not (tmp_path / "out").exists(), "nothing is written for an invalid workflow"
+
+
+class LoopNode:
+    """Output type equals input type, so a loop of these is type-correct and only the loop is wrong."""
+    CATEGORY = "test"
+    RETURN_TYPES = ("LL_SAMPLER",)
+    FUNCTION = "f"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("LL_SAMPLER", {})}}
+
+
+def test_a_cycle_is_reported_as_a_dependency_cycle():
+    wf = {"1": {"class_type": "Loop", "inputs": {"x": ["2", 0]}},
+          "2": {"class_type": "Loop", "inputs": {"x": ["3", 0]}},
+          "3": {"class_type": "Loop", "inputs": {"x": ["1", 0]}}}
+    with pytest.raises(WorkflowError) as info:
+        validate(wf, {"Loop": LoopNode})
+    assert info.value.error["type"] == "dependency_cycle"
+    assert info.value.exit_code == 2
+    assert "1 -> 2 -> 3 -> 1" in str(info.value) or "->" in str(info.value)
+
+
+def test_node_error_messages_name_the_node_and_input(tmp_path, capsys):
+    wf = broken(lambda wf: wf["5"]["inputs"].update(steps=10**9))
+    run_cli(tmp_path, wf)
+    err = capsys.readouterr().err
+    assert "node 5 (LoRALabGenerate, 'Generate A')" in err and "bigger than max of 1000: steps" in err
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", "{}", '{"1": 5}', '{"1": {"inputs": {}}}'])
+def test_malformed_files_exit_2(tmp_path, capsys, text):
+    assert run_cli(tmp_path, text) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ui_format_files_get_a_pointer_to_the_api_export(tmp_path, capsys):
+    assert run_cli(tmp_path, {"nodes": [], "links": []}) == 2
+    assert "Export (API)" in capsys.readouterr().err
+
+
+def test_a_failing_node_exits_1_naming_the_node_without_traceback(tmp_path, capsys):
+    wf = broken(lambda wf: wf["4"]["inputs"].update(sampler_name="ddim"))  # ddim has no karras sigmas
+    assert run_cli(tmp_path, wf, *FAST) == 1
+    err = capsys.readouterr().err
+    assert "node 6 (LoRALabGenerate, 'Generate B') failed" in err
+    assert "'ddim' does not support the 'karras' schedule" in err
+    assert "Traceback" not in err
+
+
+def test_set_overrides_by_id_and_title_and_rejects_unknown_nodes(tmp_path, capsys):
+    assert run_cli(tmp_path, quickstart(), "--set", "Nope.steps=3") == 2
+    assert "no node with id or unique title 'Nope'" in capsys.readouterr().err
+    assert run_cli(tmp_path, quickstart(), "--set", "badsyntax") == 2
+
+
+class Probe:
+    CATEGORY = "test"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "f"
+    OUTPUT_NODE = True
+    seen = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("INT", {"default": 0})}, "hidden": {"uid": "UNIQUE_ID", "prompt": "PROMPT"}}
+
+    def f(self, x, uid, prompt):
+        t = torch.ones(1)
+        Probe.seen.append((x, uid, torch.is_inference_mode_enabled(), t.is_inference(), sorted(prompt)))
+        return (x + 1,)
+
+
+def test_nodes_run_in_inference_mode_with_hidden_inputs():
+    Probe.seen.clear()
+    prompt, outputs, order = validate({"7": {"class_type": "Probe", "inputs": {"x": "41"}}}, {"Probe": Probe})
+    result = Executor({"Probe": Probe}, show_progress=False).run(prompt, order)
+    assert Probe.seen == [(41, "7", True, True, ["7"])]
+    assert result.outputs["7"] == [[42]]
+
+
+def test_list_mapping_follows_comfyui_rules():
+    calls = map_over_lists(lambda a, b: (a + b,), {"a": [1, 2, 3], "b": [10]}, input_is_list=False)
+    assert calls == [(11,), (12,), (13,)]
+    assert map_over_lists(lambda a: (len(a),), {"a": [1, 2]}, input_is_list=True) == [(2,)]
+    assert merge_results([([1, 2], "x"), ([3], "y")], (True, False)) == [[1, 2, 3], ["x", "y"]]
+
+
+def test_only_nodes_an_output_needs_are_executed():
+    wf = quickstart()
+    wf["9"] = copy.deepcopy(wf["4"])  # a dangling sampler no output uses
+    _, outputs, order = validate(wf, loralab.NODE_CLASS_MAPPINGS)
+    assert "9" not in order and sorted(outputs) == ["7", "8"]
+    assert order.index("1") < order.index("5") < order.index("7")
