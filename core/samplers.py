@@ -85,10 +85,10 @@ def build_scheduler(spec: SamplerSpec, base_config, seeds: list[int] | None = No
                            f"samplers that do: {', '.join(able)}")
     if spec.name == "dpmpp_sde" and seeds is not None:
         overrides["noise_sampler_seed"] = list(seeds)
-    config = {k: v for k, v in dict(base_config).items() if not k.startswith("_")}
-    # Settings of the pipeline's original scheduler that another scheduler family would misread.
-    for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "algorithm_type",
-              "solver_order", "solver_type", "noise_sampler_seed"):
-        config.pop(k, None)
+    # Keep only what this scheduler takes: the β schedule, prediction type and training steps
+    # carry over; another family's settings (karras, algorithm_type...) do not.
+    config = {k: v for k, v in dict(base_config).items() if k in accepted and k not in
+              ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "algorithm_type",
+               "solver_order", "solver_type", "noise_sampler_seed")}
     config.update({k: v for k, v in overrides.items() if k in accepted})
     return cls.from_config(config)

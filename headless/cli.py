@@ -56,6 +56,7 @@ def cmd_run(args) -> int:
     from ..core import runtime
     from .execute import Executor
     from .graph import apply_overrides, load_workflow, validate
+    from .ui import api_to_ui
 
     registry = _registry()
     _quiet_libraries()
@@ -65,7 +66,9 @@ def cmd_run(args) -> int:
     runtime.configure(output_dir)
     if args.quiet:
         os.environ["LORALAB_NO_PROGRESS"] = "1"
-    result = Executor(registry, show_progress=not args.quiet).run(prompt, order)
+    # Saved PNGs carry an editor graph too, so they open in ComfyUI like its own images.
+    extra = {"extra_pnginfo": {"workflow": api_to_ui(prompt, registry)}}
+    result = Executor(registry, show_progress=not args.quiet).run(prompt, order, extra)
     images = _image_paths(result, output_dir)
     summary = {"workflow": str(args.workflow), "output": str(output_dir), "images": images,
                "nodes": [{"id": n.node_id, "class_type": n.class_type, "seconds": round(n.seconds, 4)}

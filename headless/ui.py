@@ -1,0 +1,84 @@
+"""API-format workflow -> the editor's UI format (LiteGraph v0.4), from our node declarations.
+
+Used to write the UI twins in ``workflows/`` and to embed a ``workflow`` chunk in PNGs saved by
+a headless run, so dragging such a PNG into ComfyUI restores an editable graph.
+"""
+
+from __future__ import annotations
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+COLUMN, ROW = 380, 300
+
+
+def is_widget(kind) -> bool:
+    return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES or kind == "COMBO"
+
+
+def declared_inputs(cls) -> list[tuple[str, object, dict]]:
+    """(name, type, options) of the visible inputs in declaration order: required, then optional."""
+    spec = cls.INPUT_TYPES()
+    return [(name, s[0], s[1] if len(s) > 1 else {})
+            for category in ("required", "optional") for name, s in spec.get(category, {}).items()]
+
+
+def _depths(prompt: dict) -> dict[str, int]:
+    depth: dict[str, int] = {}
+
+    def visit(node_id: str) -> int:
+        if node_id not in depth:
+            depth[node_id] = 0  # guards against loops in a malformed graph
+            sources = [v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
+            depth[node_id] = 1 + max((visit(s) for s in sources if s in prompt), default=-1)
+        return depth[node_id]
+
+    for node_id in prompt:
+        visit(node_id)
+    return depth
+
+
+def api_to_ui(prompt: dict, registry: dict) -> dict:
+    depths = _depths(prompt)
+    rows: dict[int, int] = {}
+    nodes, links = [], []
+    outputs_links: dict[tuple[str, int], list[int]] = {}
+    for order, node_id in enumerate(sorted(prompt, key=lambda n: (depths[n], int(n) if n.isdigit() else n))):
+        node = prompt[node_id]
+        cls = registry[node["class_type"]]
+        inputs, widgets = [], []
+        for name, kind, options in declared_inputs(cls):
+            value = node["inputs"].get(name, options.get("default"))
+            type_name = "COMBO" if isinstance(kind, (list, tuple)) else kind
+            linked = isinstance(value, list)
+            if linked:
+                link_id = len(links) + 1
+                links.append([link_id, int(value[0]), value[1], int(node_id), len(inputs), type_name])
+                outputs_links.setdefault((value[0], value[1]), []).append(link_id)
+            if not is_widget(kind):
+                inputs.append({"name": name, "type": type_name, "link": links[-1][0] if linked else None})
+                continue
+            if linked:
+                inputs.append({"name": name, "type": type_name, "widget": {"name": name}, "link": links[-1][0]})
+                value = options.get("default", kind[0] if isinstance(kind, (list, tuple)) else None)
+            if isinstance(value, dict) and "__value__" in value:
+                value = value["__value__"]
+            widgets.append(value)
+            if options.get("control_after_generate"):
+                widgets.append("fixed")
+        depth = depths[node_id]
+        row = rows[depth] = rows.get(depth, -1) + 1
+        entry = {"id": int(node_id), "type": node["class_type"], "pos": [50 + depth * COLUMN, 50 + row * ROW],
+                 "size": [320, 120 + 26 * len(widgets)], "flags": {}, "order": order, "mode": 0,
+                 "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
+                 "widgets_values": widgets}
+        title = node.get("_meta", {}).get("title")
+        if title:
+            entry["title"] = title
+        nodes.append(entry)
+    for entry in nodes:
+        cls = registry[entry["type"]]
+        names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
+        entry["outputs"] = [{"name": names[i], "type": t, "links": outputs_links.get((str(entry["id"]), i), []),
+                             "slot_index": i} for i, t in enumerate(cls.RETURN_TYPES)]
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": nodes,
+            "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}},
+            "version": 0.4}

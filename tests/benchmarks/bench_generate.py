@@ -1,0 +1,73 @@
+"""Benchmark: LoRA Lab's Generate vs calling the same diffusers pipeline directly.
+
+Same model (embedded tiny SD), scheduler, steps, size and seed; runs are interleaved so machine
+load hits both sides alike. Goal: ratio (ours / diffusers) <= 1.05.
+
+    python tests/benchmarks/bench_generate.py [--steps 20] [--repeats 7] [--samplers euler,ddim]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LORALAB_NO_PROGRESS", "1")
+
+import torch  # noqa: E402
+
+from loralab.core.generate import GenerateSettings, generate  # noqa: E402
+from loralab.core.pipeline import load_pipeline  # noqa: E402
+from loralab.core.prompts import Prompt  # noqa: E402
+from loralab.core.samplers import SAMPLERS, SamplerSpec, build_scheduler  # noqa: E402
+
+
+def bench(samplers: list[str], steps: int, repeats: int, size: int) -> list[tuple]:
+    lp = load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
+    prompt = "a photo of a cat"
+    settings = GenerateSettings(steps=steps, cfg=7.5, seed=0, width=size, height=size)
+    rows = []
+    for name in samplers:
+        spec = SamplerSpec(name)
+
+        def ours():
+            generate(lp, spec, [Prompt(prompt)], settings)
+
+        def direct():
+            pipe = lp.with_scheduler(build_scheduler(spec, lp.pipe.scheduler.config, [0]))
+            pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, width=size, height=size,
+                 generator=[torch.Generator().manual_seed(0)], output_type="pt")
+
+        times = {"ours": [], "diffusers": []}
+        with torch.inference_mode():
+            ours(), direct()  # warm-up
+            for _ in range(repeats):
+                for label, fn in (("ours", ours), ("diffusers", direct)):
+                    start = time.perf_counter()
+                    fn()
+                    times[label].append(time.perf_counter() - start)
+        a, b = statistics.median(times["ours"]), statistics.median(times["diffusers"])
+        rows.append((name, a, b, a / b))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    args = parser.parse_args()
+    rows = bench(args.samplers.split(","), args.steps, args.repeats, args.size)
+    print(f"Generate vs bare diffusers, tiny model, {args.size}px, {args.steps} steps, "
+          f"median of {args.repeats} (torch threads: {torch.get_num_threads()})")
+    print(f"{'sampler':16} {'ours s':>8} {'diffusers s':>12} {'ratio':>7}")
+    for name, a, b, r in rows:
+        print(f"{name:16} {a:8.3f} {b:12.3f} {r:7.3f}")
+    print(f"{'geomean ratio':16} {statistics.geometric_mean(r for *_, r in rows):29.3f}")
+
+
+if __name__ == "__main__":
+    main()
