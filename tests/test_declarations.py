@@ -63,3 +63,17 @@ def test_importing_the_pack_loads_no_heavy_or_comfyui_modules():
             "'folder_paths'} & set(sys.modules); print(sorted(heavy)); assert not heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_requirements_txt_matches_pyproject_dependencies():
+    from pathlib import Path
+
+    import toml
+
+    import loralab
+
+    root = Path(loralab.__file__).parent
+    deps = toml.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    lines = [line for line in (root / "requirements.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines == deps
