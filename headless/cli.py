@@ -61,7 +61,7 @@ def cmd_run(args) -> int:
     registry = _registry()
     _quiet_libraries()
     prompt = apply_overrides(load_workflow(args.workflow), args.overrides)
-    prompt, outputs, order = validate(prompt, registry)
+    prompt, _, order = validate(prompt, registry)
     output_dir = Path(args.output).resolve()
     runtime.configure(output_dir)
     if args.quiet:

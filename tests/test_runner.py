@@ -9,9 +9,9 @@ import torch
 
 import loralab
 from loralab.headless.cli import main
+from loralab.headless.errors import WorkflowError
 from loralab.headless.execute import Executor, map_over_lists, merge_results
 from loralab.headless.graph import validate
-from loralab.headless.errors import WorkflowError
 
 QUICKSTART = Path(loralab.__file__).parent / "workflows" / "quickstart.json"
 FAST = ["--set", "5.steps=2", "--set", "Generate B.steps=2", "--set", "5.images_per_prompt=1"]
@@ -57,8 +57,10 @@ ERROR_CASES = {
     "malformed_link": (lambda wf: wf["5"]["inputs"].update(sampler=["3"]), "bad_linked_input", "sampler"),
     "type_mismatch": (lambda wf: wf["5"]["inputs"].update(sampler=["2", 0]), "return_type_mismatch", "LL_PROMPTS"),
     "too_big": (lambda wf: wf["5"]["inputs"].update(steps=10**9), "value_bigger_than_max", "steps"),
-    "too_small": (lambda wf: wf["5"]["inputs"].update(images_per_prompt=0), "value_smaller_than_min", "images_per_prompt"),
-    "not_in_list": (lambda wf: wf["3"]["inputs"].update(sampler_name="magic"), "value_not_in_list", "sampler_name: 'magic'"),
+    "too_small": (lambda wf: wf["5"]["inputs"].update(images_per_prompt=0),
+                  "value_smaller_than_min", "images_per_prompt"),
+    "not_in_list": (lambda wf: wf["3"]["inputs"].update(sampler_name="magic"),
+                    "value_not_in_list", "sampler_name: 'magic'"),
     "wrong_type": (lambda wf: wf["5"]["inputs"].update(seed="abc"), "invalid_input_type", "seed, abc"),
     "no_outputs": (lambda wf: [wf.pop(k) for k in ("7", "8")], "prompt_no_outputs", "no outputs"),
 }

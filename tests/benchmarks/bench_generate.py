@@ -32,10 +32,10 @@ def bench(samplers: list[str], steps: int, repeats: int, size: int) -> list[tupl
     for name in samplers:
         spec = SamplerSpec(name)
 
-        def ours():
+        def ours(spec=spec):
             generate(lp, spec, [Prompt(prompt)], settings)
 
-        def direct():
+        def direct(spec=spec):
             pipe = lp.with_scheduler(build_scheduler(spec, lp.pipe.scheduler.config, [0]))
             pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, width=size, height=size,
                  generator=[torch.Generator().manual_seed(0)], output_type="pt")
