@@ -8,9 +8,10 @@ class WorkflowError(Exception):
 
     exit_code = 2
 
-    def __init__(self, error: dict, node_errors: dict | None = None):
+    def __init__(self, error: dict, node_errors: dict | None = None, titles: dict | None = None):
         self.error = error
         self.node_errors = node_errors or {}
+        self.titles = titles or {}  # node id -> title, for the readable message only
         super().__init__(self.render())
 
     def to_json(self) -> dict:
@@ -20,7 +21,7 @@ class WorkflowError(Exception):
         lines = [self.error["message"] + (f": {self.error['details']}"
                                           if self.error.get("details") and not self.node_errors else "")]
         for node_id, entry in self.node_errors.items():
-            title = entry.get("title")
+            title = self.titles.get(node_id)
             name = f"node {node_id} ({entry['class_type']}" + (f", '{title}'" if title else "") + ")"
             for err in entry["errors"]:
                 lines.append(f"  {name}: {err['message']}: {err['details']}")

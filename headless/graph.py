@@ -203,6 +203,18 @@ def needed_nodes(prompt: dict, outputs: list[str]) -> list[str]:
     return order
 
 
+def _upstream(prompt: dict, output: str) -> set[str]:
+    """``output`` and every node its links reach (links to missing nodes are left to validation)."""
+    seen, frontier = set(), [output]
+    while frontier:
+        node_id = frontier.pop()
+        if node_id not in seen:
+            seen.add(node_id)
+            frontier += [str(v[0]) for v in links_of(prompt[node_id]).values()
+                         if v and isinstance(v[0], (str, int)) and str(v[0]) in prompt]
+    return seen
+
+
 def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
     """Check a workflow against the node declarations. Returns the workflow with constants
     converted to their declared types, the output node ids, and the execution order."""
@@ -219,22 +231,16 @@ def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
     if not outputs:
         raise WorkflowError(_error("prompt_no_outputs", "Prompt has no outputs", ""))
     node_errors = {}
-    checked: set[str] = set()
-    frontier = list(outputs)
-    while frontier:
-        node_id = frontier.pop()
-        if node_id in checked:
-            continue
-        checked.add(node_id)
+    upstream = {o: _upstream(prompt, o) for o in outputs}
+    file_order = {node_id: i for i, node_id in enumerate(prompt)}
+    for node_id in sorted(set().union(*upstream.values()), key=file_order.__getitem__):
         errors = _validate_node(prompt, node_id, registry)
         if errors:
-            node_errors[node_id] = {"errors": errors, "dependent_outputs": outputs,
-                                    "class_type": prompt[node_id]["class_type"],
-                                    "title": _title(prompt, node_id)}
-        frontier += [v[0] for v in links_of(prompt[node_id]).values()
-                     if isinstance(v[0], str) and v[0] in prompt]
+            node_errors[node_id] = {"errors": errors,
+                                    "dependent_outputs": [o for o in outputs if node_id in upstream[o]],
+                                    "class_type": prompt[node_id]["class_type"]}
     if node_errors:
         details = "\n".join(f"{e['message']}: {e['details']}" for n in node_errors.values() for e in n["errors"])
         raise WorkflowError(_error("prompt_outputs_failed_validation", "Prompt outputs failed validation",
-                                   details), node_errors)
+                                   details), node_errors, {n: _title(prompt, n) for n in node_errors})
     return prompt, outputs, needed_nodes(prompt, outputs)

@@ -204,3 +204,15 @@ def test_ui_export_puts_widgets_in_declaration_order_with_the_seed_control_value
         source = next(n for n in ui["nodes"] if n["id"] == src)
         assert target["inputs"][dst_slot]["link"] == link_id
         assert link_id in source["outputs"][slot]["links"] and source["outputs"][slot]["type"] == kind
+
+
+def test_error_json_has_comfyui_shape_and_real_dependent_outputs(tmp_path, capsys):
+    wf = broken(lambda wf: wf["5"]["inputs"].update(steps=10**6))
+    assert run_cli(tmp_path, wf, "--json") == 2
+    body = json.loads(capsys.readouterr().err)
+    assert set(body) == {"error", "node_errors"}
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    entry = body["node_errors"]["5"]
+    assert set(entry) == {"errors", "dependent_outputs", "class_type"}
+    assert entry["dependent_outputs"] == ["7"]  # Save B does not depend on Generate A
+    assert entry["errors"][0]["extra_info"]["received_value"] == 10**6
