@@ -75,6 +75,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_pipeline(name: str, dtype: str = "auto", device: str = "auto") -> LabPipeline:
+    """Load a model by name. Weights are created outside inference mode even though ComfyUI
+    runs nodes inside it: inference tensors could never take part in LoRA training later."""
+    import torch
+
+    with torch.inference_mode(False):
+        return _load(name, dtype, device)
+
+
+def _load(name: str, dtype: str, device: str) -> LabPipeline:
     from diffusers import StableDiffusionPipeline
 
     if name not in EMBEDDED:

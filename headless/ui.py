@@ -7,7 +7,7 @@ a headless run, so dragging such a PNG into ComfyUI restores an editable graph.
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-COLUMN, ROW = 380, 300
+COLUMN, GAP, LINE, TEXTBOX = 380, 60, 24, 100  # layout in editor pixels
 
 
 def is_widget(kind) -> bool:
@@ -38,7 +38,7 @@ def _depths(prompt: dict) -> dict[str, int]:
 
 def api_to_ui(prompt: dict, registry: dict) -> dict:
     depths = _depths(prompt)
-    rows: dict[int, int] = {}
+    column_y: dict[int, int] = {}
     nodes, links = [], []
     outputs_links: dict[tuple[str, int], list[int]] = {}
     for order, node_id in enumerate(sorted(prompt, key=lambda n: (depths[n], int(n) if n.isdigit() else n))):
@@ -65,9 +65,12 @@ def api_to_ui(prompt: dict, registry: dict) -> dict:
             if options.get("control_after_generate"):
                 widgets.append("fixed")
         depth = depths[node_id]
-        row = rows[depth] = rows.get(depth, -1) + 1
-        entry = {"id": int(node_id), "type": node["class_type"], "pos": [50 + depth * COLUMN, 50 + row * ROW],
-                 "size": [320, 120 + 26 * len(widgets)], "flags": {}, "order": order, "mode": 0,
+        multiline = sum(1 for _, kind, o in declared_inputs(cls) if kind == "STRING" and o.get("multiline"))
+        height = LINE * (max(len(inputs), len(cls.RETURN_TYPES)) + len(widgets)) + TEXTBOX * multiline + 20
+        y = column_y.get(depth, 50)
+        column_y[depth] = y + height + GAP
+        entry = {"id": int(node_id), "type": node["class_type"], "pos": [50 + depth * COLUMN, y],
+                 "size": [320, height], "flags": {}, "order": order, "mode": 0,
                  "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
                  "widgets_values": widgets}
         title = node.get("_meta", {}).get("title")

@@ -118,3 +118,12 @@ def test_generate_node_checks_the_size_multiple(tiny):
         LoRALabGenerate().generate(tiny, SamplerSpec("euler"), CAT, "", 2, 7.5, 0, 36, 32, 1)
     images, _ = LoRALabGenerate().generate(tiny, SamplerSpec("euler"), CAT, "", 2, 7.5, 0, 0, 0, 1)
     assert images.shape[1:3] == (64, 64), "0 means the model's native size"
+
+
+def test_a_pipeline_loaded_inside_inference_mode_has_trainable_weights():
+    from loralab.core.pipeline import load_pipeline
+
+    with torch.inference_mode():
+        lp = load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
+    assert not any(p.is_inference() for p in lp.pipe.unet.parameters())
+    assert not any(p.is_inference() for p in lp.pipe.text_encoder.parameters())
