@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -39,13 +40,9 @@ def safe_prefix_path(root: Path, filename_prefix: str) -> tuple[Path, str]:
 def next_counter(folder: Path, stem: str) -> int:
     """ComfyUI's numbering: ``<stem>_00001_.png`` continues after the highest existing number."""
     pattern = re.compile(re.escape(stem) + r"_(\d{5,})_\.png$")
-    numbers = [int(m.group(1)) for p in folder.glob(f"{glob_escape(stem)}_*_.png")
+    numbers = [int(m.group(1)) for p in folder.glob(f"{glob.escape(stem)}_*_.png")
                if (m := pattern.match(p.name))]
     return max(numbers, default=0) + 1
-
-
-def glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def png_metadata(prompt: dict | None, extra_pnginfo: dict | None) -> PngInfo:

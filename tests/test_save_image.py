@@ -52,3 +52,8 @@ def test_preview_goes_to_the_temp_folder(output_dir):
     entries = LoRALabPreviewImage().save(IMAGES[:1])["ui"]["images"]
     assert entries[0]["type"] == "temp"
     assert (output_dir / "temp" / entries[0]["subfolder"] / entries[0]["filename"]).is_file()
+
+
+def test_numbering_works_for_prefixes_with_glob_characters(output_dir):
+    LoRALabSaveImage().save(IMAGES[:1], "run[1]*")
+    assert LoRALabSaveImage().save(IMAGES[:1], "run[1]*")["ui"]["images"][0]["filename"] == "run[1]*_00002_.png"
