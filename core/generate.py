@@ -52,6 +52,7 @@ def generate(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt],
             pipe = lp.with_scheduler(build_scheduler(sampler, lp.pipe.scheduler.config, seeds))
             # CPU generators give the same noise on every device (as ComfyUI does).
             generators = [torch.Generator("cpu").manual_seed(x) for x in seeds]
+            lp.prepare_vae(s.width, s.height, len(seeds))
             with measure(lp.device) as cost:
                 out = pipe(prompt.text, negative_prompt=s.negative_prompt or None,
                            num_inference_steps=s.steps, guidance_scale=s.cfg, eta=sampler.eta,

@@ -11,29 +11,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .checkpoints import DIFFUSERS_PREFIX, MODELS_DIR, ModelError, available_models
+
 if TYPE_CHECKING:
     import torch
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 EMBEDDED = {"embedded: tiny-sd": MODELS_DIR / "tiny-sd"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+ATTENTION = ("auto", "sdpa", "sliced")
+VAE_MODES = ("auto", "full", "sliced", "tiled")
+OFFLOAD = ("none", "model", "sequential")
+# "auto" VAE: decode in tiles above this many pixels (4 MP: 2048 x 2048), where a full decode
+# of an SD VAE needs tens of GiB.
+TILE_ABOVE_PIXELS = 2048 * 2048
 
 
 @dataclass
 class LabPipeline:
-    pipe: object  # a diffusers StableDiffusionPipeline (SDXL comes with the next loader)
+    pipe: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline
     name: str
-    family: str
+    family: str  # "sd1" or "sdxl"
+    vae_mode: str = "auto"
     loras: list = field(default_factory=list)
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.device
+        return self.pipe._execution_device
 
     @property
     def dtype(self) -> torch.dtype:
         return self.pipe.unet.dtype
+
+    @property
+    def native_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
 
     def with_scheduler(self, scheduler):
         """A shallow copy of the diffusers pipeline that samples with ``scheduler``: the weights
@@ -42,16 +58,25 @@ class LabPipeline:
         pipe.scheduler = scheduler
         return pipe
 
+    def prepare_vae(self, width: int, height: int, batch: int) -> None:
+        """Set the VAE's slicing/tiling for one decode (set every time: the VAE is shared)."""
+        mode = self.vae_mode
+        if mode == "auto":
+            mode = "tiled" if width * height > TILE_ABOVE_PIXELS else "sliced" if batch > 1 else "full"
+        vae = self.pipe.vae
+        vae.use_tiling = mode == "tiled"
+        vae.use_slicing = mode in ("sliced", "tiled")
+
 
 def model_choices() -> list[str]:
-    return list(EMBEDDED)
+    return list(EMBEDDED) + list(available_models())
 
 
 def resolve_device(device: str) -> torch.device:
     import torch
 
     if device not in DEVICES:
-        raise ValueError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+        raise ModelError(f"device {device!r} is not one of {', '.join(DEVICES)}")
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -59,7 +84,7 @@ def resolve_device(device: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
+        raise ModelError("device 'cuda' was asked for but torch sees no CUDA GPU; use 'auto' or 'cpu'")
     return torch.device(device)
 
 
@@ -67,33 +92,59 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     import torch
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        raise ModelError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if dtype == "auto":
         # Half precision only where it is fast and safe; CPU matmuls in fp16 are slow or missing.
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     return getattr(torch, DTYPES[dtype])
 
 
-def load_pipeline(name: str, dtype: str = "auto", device: str = "auto") -> LabPipeline:
+def load_pipeline(name: str, dtype: str = "auto", device: str = "auto", attention: str = "auto",
+                  vae: str = "auto", offload: str = "none") -> LabPipeline:
     """Load a model by name. Weights are created outside inference mode even though ComfyUI
     runs nodes inside it: inference tensors could never take part in LoRA training later."""
     import torch
 
+    for option, value, valid in (("attention", attention, ATTENTION), ("vae", vae, VAE_MODES),
+                                 ("offload", offload, OFFLOAD)):
+        if value not in valid:
+            raise ModelError(f"{option} {value!r} is not one of {', '.join(valid)}")
+    dev = resolve_device(device)
+    if offload != "none" and dev.type != "cuda":
+        raise ModelError(f"offload {offload!r} moves weights between CPU and GPU; it needs device cuda "
+                         f"(got {dev.type})")
     with torch.inference_mode(False):
-        return _load(name, dtype, device)
+        pipe, family = _load(name, resolve_dtype(dtype, dev))
+    pipe.set_progress_bar_config(disable=True)
+    if attention == "sliced":
+        pipe.enable_attention_slicing()
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=dev)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=dev)
+    else:
+        pipe.to(dev)
+    return LabPipeline(pipe, name=name, family=family, vae_mode=vae)
 
 
-def _load(name: str, dtype: str, device: str) -> LabPipeline:
+def _load(name: str, dtype):
     from diffusers import StableDiffusionPipeline
 
-    if name not in EMBEDDED:
-        raise ValueError(f"model {name!r} not found; available: {', '.join(model_choices())}")
-    dev = resolve_device(device)
-    with warnings.catch_warnings():
-        # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works on every version.
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        pipe = StableDiffusionPipeline.from_pretrained(
-            EMBEDDED[name], torch_dtype=resolve_dtype(dtype, dev), local_files_only=True,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return LabPipeline(pipe.to(dev), name=name, family="sd1")
+    from .checkpoints import load_diffusers_folder, load_single_file
+
+    if name in EMBEDDED:
+        with warnings.catch_warnings():
+            # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works on every version.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                EMBEDDED[name], torch_dtype=dtype, local_files_only=True, safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False)
+        return pipe, "sd1"
+    models = available_models()
+    if name not in models:
+        shown = ", ".join(model_choices()[:10])
+        raise ModelError(f"model {name!r} not found; available: {shown} (checkpoints go in ComfyUI's "
+                         "models/checkpoints, or headless in <models-dir>/checkpoints)")
+    if name.startswith(DIFFUSERS_PREFIX):
+        return load_diffusers_folder(models[name], dtype)
+    return load_single_file(models[name], dtype)

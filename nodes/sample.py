@@ -98,13 +98,11 @@ class LoRALabGenerate:
                  height, images_per_prompt):
         from ..core.generate import GenerateSettings, generate
 
-        native = pipeline.pipe.unet.config.sample_size * pipeline.pipe.vae_scale_factor
-        width, height = width or native, height or native
-        multiple = pipeline.pipe.vae_scale_factor * 2 ** (len(pipeline.pipe.unet.config.block_out_channels) - 1)
+        width, height = width or pipeline.native_size, height or pipeline.native_size
         for name, value in (("width", width), ("height", height)):
-            if value % multiple:
+            if value % pipeline.size_multiple:
                 raise ValueError(f"LoRA Lab: Generate: input '{name}' = {value} must be a multiple "
-                                 f"of {multiple} for this model")
+                                 f"of {pipeline.size_multiple} for this model")
         settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt)
         return generate(pipeline, sampler, prompts, settings)
 
