@@ -159,6 +159,12 @@ def load_single_file(path: Path, dtype, config_dir: Path | None = None):
                                         torch_dtype=dtype, **_tokenizers(family), **extra)
         except (OSError, KeyError, RuntimeError, ValueError) as e:
             raise ModelError(f"checkpoint {str(path)!r} could not be loaded as {family.upper()}: {e}") from e
+    # diffusers leaves weights it found no key for on the meta device instead of failing.
+    for name, module in pipe.components.items():
+        missing = [k for k, v in getattr(module, "state_dict", dict)().items() if v.is_meta]
+        if missing:
+            raise ModelError(f"checkpoint {str(path)!r} is incomplete: {len(missing)} {name} weights are "
+                             f"missing (e.g. {missing[0]})")
     return pipe, family
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkpoints import DIFFUSERS_PREFIX, MODELS_DIR, ModelError, available_models

@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", default="output", help="output folder (default: ./output)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input; NODE is a node id or title; VALUE is JSON or text")
+    run.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                     help="folder with checkpoints/ and diffusers model folders (repeatable; default: "
+                          "$LORALAB_MODELS_DIR or ./models)")
     run.add_argument("--json", action="store_true", help="print errors and the summary as JSON")
     run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     run.add_argument("--traceback", action="store_true", help="show the Python traceback of a failing node")
@@ -58,6 +61,8 @@ def cmd_run(args) -> int:
     from .graph import apply_overrides, load_workflow, validate
     from .ui import api_to_ui
 
+    if args.models_dir:  # read when node choices are listed, i.e. during validation
+        os.environ["LORALAB_MODELS_DIR"] = os.pathsep.join(args.models_dir)
     registry = _registry()
     _quiet_libraries()
     prompt = apply_overrides(load_workflow(args.workflow), args.overrides)

@@ -28,3 +28,11 @@ def output_dir(tmp_path):
 
     runtime.configure(tmp_path / "output")
     return tmp_path / "output"
+
+
+def pytest_configure(config):
+    # tests/ holds helper modules (ldm_layout) imported by name under --import-mode=importlib.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
