@@ -33,13 +33,19 @@ SAMPLERS: dict[str, SamplerEntry] = {
     "uni_pc": SamplerEntry("UniPCMultistepScheduler", {"solver_type": "bh2"}, "ComfyUI 'uni_pc_bh2'"),
 }
 
-# Sigma schedules. "default" uses trailing timestep spacing so the first step starts at the top
-# noise level (diffusers' SD1.5 config says "leading", which starts at sigma 8.4 instead of 14.6).
+# Sigma schedules, each starting at the top noise level (diffusers' SD1.5 config says "leading",
+# which starts at sigma 8.4 instead of 14.6 and is never used here).
 SCHEDULES: dict[str, dict] = {
-    "default": {"timestep_spacing": "trailing"},
+    "default": {"timestep_spacing": "linspace"},  # ComfyUI 'normal': timesteps evenly from 999 to 0
+    "simple": {"timestep_spacing": "trailing"},  # ComfyUI 'simple': every (1000/steps)-th step from 999
     "karras": {"use_karras_sigmas": True},
     "exponential": {"use_exponential_sigmas": True},
 }
+SCHEDULE_TOOLTIP = ("Sigma schedule: default = ComfyUI 'normal' (timesteps evenly spaced from 999 to 0); "
+                    "simple = ComfyUI 'simple' (trailing: 999, 999-1000/n, ...); karras / exponential = "
+                    "ComfyUI's schedulers of those names (not every sampler supports them).")
+
+LATENT_DEFAULTS = {"clip_sample": False, "set_alpha_to_one": False}
 
 SAMPLER_TOOLTIP = "Sampling algorithm (ComfyUI names): " + "; ".join(
     f"{name} = diffusers {e.scheduler}" + (f" ({e.note})" if e.note else "") for name, e in SAMPLERS.items())
@@ -75,7 +81,7 @@ def build_scheduler(spec: SamplerSpec, base_config, seeds: list[int] | None = No
     entry = SAMPLERS[spec.name]
     cls = getattr(diffusers, entry.scheduler)
     accepted = inspect.signature(cls.__init__).parameters
-    overrides = {"timestep_spacing": "trailing", **entry.options, **SCHEDULES[spec.schedule]}
+    overrides = {**SCHEDULES["default"], **entry.options, **SCHEDULES[spec.schedule]}
     unsupported = [k for k in SCHEDULES[spec.schedule] if k not in accepted]
     if unsupported:
         able = [n for n, e in SAMPLERS.items()
@@ -90,5 +96,8 @@ def build_scheduler(spec: SamplerSpec, base_config, seeds: list[int] | None = No
     config = {k: v for k, v in dict(base_config).items() if k in accepted and k not in
               ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "algorithm_type",
                "solver_order", "solver_type", "noise_sampler_seed")}
+    # SD's own scheduler configs say so; DDIM/LCM default to clipping x0 to [-1, 1] (wrong for
+    # latents) and to a final alpha of one, so set them when the pipeline's config is silent.
+    config = {**{k: v for k, v in LATENT_DEFAULTS.items() if k in accepted}, **config}
     config.update({k: v for k, v in overrides.items() if k in accepted})
     return cls.from_config(config)

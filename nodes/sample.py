@@ -1,6 +1,6 @@
 """Prompts, samplers and image generation."""
 
-from ..core.samplers import SAMPLER_TOOLTIP, SAMPLERS, SCHEDULES
+from ..core.samplers import SAMPLER_TOOLTIP, SAMPLERS, SCHEDULE_TOOLTIP, SCHEDULES
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -44,10 +44,7 @@ class LoRALabSampler:
     def INPUT_TYPES(cls):
         return {"required": {
             "sampler_name": (list(SAMPLERS), {"default": "euler", "tooltip": SAMPLER_TOOLTIP}),
-            "schedule": (list(SCHEDULES), {"default": "default", "tooltip":
-                         "Sigma schedule. default = the scheduler's own, with trailing timestep "
-                         "spacing so sampling starts at full noise; karras / exponential = "
-                         "ComfyUI's schedulers of those names (not every sampler supports them)."}),
+            "schedule": (list(SCHEDULES), {"default": "default", "tooltip": SCHEDULE_TOOLTIP}),
             "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                     "DDIM's stochasticity (0 = deterministic DDIM, 1 = DDPM-like). Other "
                     "samplers ignore it."}),

@@ -127,3 +127,9 @@ def test_a_pipeline_loaded_inside_inference_mode_has_trainable_weights():
         lp = load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
     assert not any(p.is_inference() for p in lp.pipe.unet.parameters())
     assert not any(p.is_inference() for p in lp.pipe.text_encoder.parameters())
+
+
+def test_ddim_and_lcm_never_clip_latents_and_keep_sds_final_alpha(tiny):
+    for name in ("ddim", "lcm"):
+        scheduler = build_scheduler(SamplerSpec(name), tiny.pipe.scheduler.config)
+        assert scheduler.config.clip_sample is False and scheduler.config.set_alpha_to_one is False
