@@ -104,13 +104,56 @@ class LoRALabGenerate:
         return generate(pipeline, sampler, prompts, settings)
 
 
+class LoRALabImg2Img:
+    DESCRIPTION = ("Image-to-image (SDEdit): noise the input images to 'strength' and denoise them with "
+                   "the prompts. 0 returns the input, 1 ignores it (same as Generate). An optional "
+                   "mask limits the change to its white area. Output size = input size.")
+    CATEGORY = "LoRA Lab/sample"
+    RETURN_TYPES = ("IMAGE", "LL_SCORES")
+    RETURN_NAMES = ("images", "cost")
+    OUTPUT_TOOLTIPS = LoRALabGenerate.OUTPUT_TOOLTIPS
+    FUNCTION = "img2img"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        shared = LoRALabGenerate.INPUT_TYPES()["required"]
+        for size in ("width", "height"):
+            shared.pop(size)
+        return {
+            "required": {
+                **{k: shared[k] for k in ("pipeline", "sampler", "prompts")},
+                "image": ("IMAGE", {"tooltip": "Start images: one for all prompts, or one per prompt. "
+                                               "Width and height must be multiples of 8."}),
+                "strength": ("FLOAT", {"default": 0.6, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                             "How much to change: the fraction of the noise schedule applied to the "
+                             "input (ComfyUI's denoise)."}),
+                **{k: v for k, v in shared.items() if k not in ("pipeline", "sampler", "prompts")},
+            },
+            "optional": {"mask": ("MASK", {"tooltip": "Optional: repaint only where the mask is 1."})},
+        }
+
+    def img2img(self, pipeline, sampler, prompts, image, strength, negative_prompt, steps, cfg, seed,
+                images_per_prompt, mask=None):
+        from ..core.generate import GenerateSettings, img2img
+
+        height, width = image.shape[1:3]
+        for name, value in (("width", width), ("height", height)):
+            if value % pipeline.size_multiple:
+                raise ValueError(f"LoRA Lab: Img2Img: input 'image' has {name} {value}; it must be a "
+                                 f"multiple of {pipeline.size_multiple} for this model (resize or crop it)")
+        settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt)
+        return img2img(pipeline, sampler, prompts, settings, image, strength, mask)
+
+
 NODE_CLASS_MAPPINGS = {
     "LoRALabPrompts": LoRALabPrompts,
     "LoRALabSampler": LoRALabSampler,
     "LoRALabGenerate": LoRALabGenerate,
+    "LoRALabImg2Img": LoRALabImg2Img,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoRALabPrompts": "LoRA Lab: Prompts",
     "LoRALabSampler": "LoRA Lab: Sampler",
     "LoRALabGenerate": "LoRA Lab: Generate",
+    "LoRALabImg2Img": "LoRA Lab: Img2Img",
 }
