@@ -179,7 +179,8 @@ def test_shipped_full_size_configs_give_the_published_parameter_counts(family, c
                  "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
                  "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))}
         if family == "sdxl":
-            built["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(root / "text_encoder_2"))
+            te2_config = CLIPTextConfig.from_pretrained(root / "text_encoder_2")
+            built["text_encoder_2"] = CLIPTextModelWithProjection(te2_config)
     assert {k: sum(p.numel() for p in m.parameters()) for k, m in built.items()} == counts
 
 

@@ -1,9 +1,11 @@
 """Benchmark: LoRA Lab's Generate vs calling the same diffusers pipeline directly.
 
-Same model (embedded tiny SD), scheduler, steps, size and seed; runs are interleaved so machine
-load hits both sides alike. Goal: ratio (ours / diffusers) <= 1.05.
+Same model (embedded tiny SD, or SD1.5's full-size architecture with random weights), scheduler,
+steps, size and seed; runs are interleaved, alternating which goes first, so machine load and
+cache effects hit both sides alike. Goal: ratio (ours / diffusers) <= 1.05.
 
     python tests/benchmarks/bench_generate.py [--steps 20] [--repeats 7] [--samplers euler,ddim]
+    python tests/benchmarks/bench_generate.py --full-size --steps 1 --size 256 --samplers euler,dpmpp_2m
 """
 
 from __future__ import annotations
@@ -24,8 +26,29 @@ from loralab.core.prompts import Prompt  # noqa: E402
 from loralab.core.samplers import SAMPLERS, SamplerSpec, build_scheduler  # noqa: E402
 
 
-def bench(samplers: list[str], steps: int, repeats: int, size: int) -> list[tuple]:
-    lp = load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
+def full_size_sd15():
+    """SD1.5's architecture from the shipped configs with random weights (no download)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from loralab.core.checkpoints import CONFIGS, TOKENIZER
+    from loralab.core.pipeline import LabPipeline
+
+    root = CONFIGS["sd1"]
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77),
+        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+        scheduler=load_pipeline("embedded: tiny-sd", "fp32", "cpu").pipe.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return LabPipeline(pipe, "sd15-random", "sd1")
+
+
+def bench(samplers: list[str], steps: int, repeats: int, size: int, full_size: bool = False) -> list[tuple]:
+    lp = full_size_sd15() if full_size else load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
     prompt = "a photo of a cat"
     settings = GenerateSettings(steps=steps, cfg=7.5, seed=0, width=size, height=size)
     rows = []
@@ -43,8 +66,9 @@ def bench(samplers: list[str], steps: int, repeats: int, size: int) -> list[tupl
         times = {"ours": [], "diffusers": []}
         with torch.inference_mode():
             ours(), direct()  # warm-up
-            for _ in range(repeats):
-                for label, fn in (("ours", ours), ("diffusers", direct)):
+            for r in range(repeats):
+                pair = (("ours", ours), ("diffusers", direct))
+                for label, fn in pair if r % 2 == 0 else pair[::-1]:  # alternate who runs first
                     start = time.perf_counter()
                     fn()
                     times[label].append(time.perf_counter() - start)
@@ -59,9 +83,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--full-size", action="store_true",
+                        help="SD1.5's full-size architecture with random weights (try --steps 1 --size 256)")
     args = parser.parse_args()
-    rows = bench(args.samplers.split(","), args.steps, args.repeats, args.size)
-    print(f"Generate vs bare diffusers, tiny model, {args.size}px, {args.steps} steps, "
+    rows = bench(args.samplers.split(","), args.steps, args.repeats, args.size, args.full_size)
+    model = "full-size SD1.5 (random weights)" if args.full_size else "tiny model"
+    print(f"Generate vs bare diffusers, {model}, {args.size}px, {args.steps} steps, "
           f"median of {args.repeats} (torch threads: {torch.get_num_threads()})")
     print(f"{'sampler':16} {'ours s':>8} {'diffusers s':>12} {'ratio':>7}")
     for name, a, b, r in rows:
