@@ -133,3 +133,24 @@ def test_ddim_and_lcm_never_clip_latents_and_keep_sds_final_alpha(tiny):
     for name in ("ddim", "lcm"):
         scheduler = build_scheduler(SamplerSpec(name), tiny.pipe.scheduler.config)
         assert scheduler.config.clip_sample is False and scheduler.config.set_alpha_to_one is False
+
+
+def test_memory_options_keep_the_result_and_bad_choices_are_named():
+    from loralab.core.checkpoints import ModelError
+    from loralab.core.pipeline import load_pipeline
+
+    settings = GenerateSettings(steps=3, seed=1, width=64, height=64, images_per_prompt=2)
+    base = load_pipeline("embedded: tiny-sd", "fp32", "cpu")
+    lean = load_pipeline("embedded: tiny-sd", "fp32", "cpu", attention="sliced", vae="tiled")
+    a, _ = generate(base, SamplerSpec("euler"), CAT, settings)
+    b, _ = generate(lean, SamplerSpec("euler"), CAT, settings)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert lean.pipe.vae.use_tiling and lean.pipe.vae.use_slicing
+    base.prepare_vae(64, 64, batch=2)
+    assert base.pipe.vae.use_slicing and not base.pipe.vae.use_tiling
+    base.prepare_vae(4096, 4096, batch=1)
+    assert base.pipe.vae.use_tiling
+    with pytest.raises(ModelError, match="offload 'model' .* needs device cuda"):
+        load_pipeline("embedded: tiny-sd", "fp32", "cpu", offload="model")
+    with pytest.raises(ModelError, match="attention 'flash' is not one of auto, sdpa, sliced"):
+        load_pipeline("embedded: tiny-sd", "fp32", "cpu", attention="flash")
