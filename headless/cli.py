@@ -1,7 +1,12 @@
-"""``loralab`` command line: ``loralab run WORKFLOW.json [--output DIR] [--set NODE.INPUT=VALUE]``.
+"""``loralab`` command line.
 
-Exit codes: 0 done, 1 a node failed while running, 2 the workflow or the command line is
-invalid, 130 interrupted (Ctrl-C).
+    loralab run WORKFLOW.json [--output DIR] [--set NODE.INPUT=VALUE ...] [--check]
+    loralab sweep EXPERIMENT.toml [--output DIR] [--dry-run] [--shard i/n] [--collect]
+    loralab convert UI.json [-o API.json]
+    loralab nodes [--object-info]
+
+Exit codes: 0 done, 1 a node failed while running, 2 the workflow, experiment or command line is
+invalid (nothing is run), 130 interrupted (Ctrl-C; finished files are complete).
 """
 
 from __future__ import annotations
@@ -16,34 +21,48 @@ from .errors import NodeExecutionError, WorkflowError
 
 
 def _registry():
-    from .. import NODE_CLASS_MAPPINGS
+    from .. import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-    return NODE_CLASS_MAPPINGS
+    return NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                   help="folder with checkpoints/ and diffusers model folders (repeatable; default: "
+                        "$LORALAB_MODELS_DIR or ./models)")
+    p.add_argument("--json", action="store_true", help="print errors and the summary as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--traceback", action="store_true", help="show the Python traceback of a failing node")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loralab", description="LoRA Lab headless runner.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="execute an API-format workflow without a ComfyUI server")
-    run.add_argument("workflow", help="workflow JSON file (ComfyUI API format)")
+    run = sub.add_parser("run", help="execute a workflow (API or UI format) without a ComfyUI server")
+    run.add_argument("workflow", help="workflow JSON file (ComfyUI API format, or the editor's UI format)")
     run.add_argument("--output", "-o", default="output", help="output folder (default: ./output)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input; NODE is a node id or title; VALUE is JSON or text")
-    run.add_argument("--models-dir", action="append", default=[], metavar="DIR",
-                     help="folder with checkpoints/ and diffusers model folders (repeatable; default: "
-                          "$LORALAB_MODELS_DIR or ./models)")
-    run.add_argument("--json", action="store_true", help="print errors and the summary as JSON")
-    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    run.add_argument("--traceback", action="store_true", help="show the Python traceback of a failing node")
+    run.add_argument("--check", action="store_true", help="validate only; run nothing")
+    _common(run)
+    sweep = sub.add_parser("sweep", help="run a grid of overrides of one workflow; resumable")
+    sweep.add_argument("experiment", help="experiment TOML file (see workflows/*.toml)")
+    sweep.add_argument("--output", "-o", help="output folder (default: ./output/<experiment name>)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    sweep.add_argument("--shard", metavar="i/n", help="run only part i of n (for several machines)")
+    sweep.add_argument("--collect", action="store_true",
+                       help="only rebuild results.jsonl/csv from the finished runs (after merging runs/ folders)")
+    _common(sweep)
+    convert = sub.add_parser("convert", help="convert an editor (UI) workflow to the API format")
+    convert.add_argument("workflow")
+    convert.add_argument("--output", "-o", help="write here (default: stdout)")
+    convert.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    convert.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    nodes = sub.add_parser("nodes", help="list LoRA Lab's nodes")
+    nodes.add_argument("--object-info", action="store_true", help="ComfyUI's /object_info JSON")
+    nodes.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    nodes.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
     return parser
-
-
-def _image_paths(result, output_dir: Path) -> list[str]:
-    from ..core import runtime
-
-    roots = {"output": output_dir, "temp": runtime.temp_directory()}
-    return [str(roots.get(img.get("type"), output_dir) / img["subfolder"] / img["filename"])
-            for ui in result.ui.values() for entry in ui for img in entry.get("images", [])]
 
 
 def _quiet_libraries() -> None:
@@ -55,26 +74,58 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def cmd_run(args) -> int:
+def load_any(path: str) -> tuple[dict, dict | None]:
+    """(API prompt, UI workflow or None) from a file in either format."""
+    from .convert import is_ui_workflow, ui_to_api
+    from .graph import read_json
+
+    data = read_json(path)
+    if is_ui_workflow(data):
+        registry, names = _registry()
+        return ui_to_api(data, registry, names), data
+    return data, None
+
+
+def _prepare(args) -> None:
+    if getattr(args, "models_dir", None):  # read when node choices are listed, i.e. during validation
+        os.environ["LORALAB_MODELS_DIR"] = os.pathsep.join(args.models_dir)
+    if getattr(args, "quiet", False):
+        os.environ["LORALAB_NO_PROGRESS"] = "1"
+
+
+def execute_workflow(prompt: dict, ui: dict | None, output_dir: Path, executor, registry):
+    """Validate and run one workflow into ``output_dir``; returns (RunResult, image paths)."""
     from ..core import runtime
-    from .execute import Executor
-    from .graph import apply_overrides, load_workflow, validate
+    from .graph import validate
     from .ui import api_to_ui
 
-    if args.models_dir:  # read when node choices are listed, i.e. during validation
-        os.environ["LORALAB_MODELS_DIR"] = os.pathsep.join(args.models_dir)
-    registry = _registry()
-    _quiet_libraries()
-    prompt = apply_overrides(load_workflow(args.workflow), args.overrides)
     prompt, _, order = validate(prompt, registry)
-    output_dir = Path(args.output).resolve()
     runtime.configure(output_dir)
-    if args.quiet:
-        os.environ["LORALAB_NO_PROGRESS"] = "1"
     # Saved PNGs carry an editor graph too, so they open in ComfyUI like its own images.
-    extra = {"extra_pnginfo": {"workflow": api_to_ui(prompt, registry)}}
-    result = Executor(registry, show_progress=not args.quiet).run(prompt, order, extra)
-    images = _image_paths(result, output_dir)
+    extra = {"extra_pnginfo": {"workflow": ui or api_to_ui(prompt, registry)}}
+    result = executor.run(prompt, order, extra)
+    roots = {"output": output_dir, "temp": runtime.temp_directory()}
+    images = [str(roots.get(img.get("type"), output_dir) / img["subfolder"] / img["filename"])
+              for ui_entries in result.ui.values() for entry in ui_entries for img in entry.get("images", [])]
+    return result, images
+
+
+def cmd_run(args) -> int:
+    from .execute import Executor
+    from .graph import apply_overrides, validate
+
+    registry, _ = _registry()
+    prompt, ui = load_any(args.workflow)
+    prompt = apply_overrides(prompt, args.overrides)
+    if args.check:
+        _, outputs, order = validate(prompt, registry)
+        print(json.dumps({"valid": True, "nodes": order, "outputs": outputs}) if args.json else
+              f"valid: {len(order)} nodes to run for {len(outputs)} output(s)")
+        return 0
+    _quiet_libraries()
+    output_dir = Path(args.output).resolve()
+    result, images = execute_workflow(prompt, ui if not args.overrides else None, output_dir,
+                                      Executor(registry, show_progress=not args.quiet), registry)
     summary = {"workflow": str(args.workflow), "output": str(output_dir), "images": images,
                "nodes": [{"id": n.node_id, "class_type": n.class_type, "seconds": round(n.seconds, 4)}
                          for n in result.nodes]}
@@ -88,10 +139,38 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .convert import ui_to_api
+    from .graph import read_json
+    from .results import atomic_write_text
+
+    registry, names = _registry()
+    text = json.dumps(ui_to_api(read_json(args.workflow), registry, names), indent=2) + "\n"
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_nodes(args) -> int:
+    from .catalog import describe, object_info
+
+    registry, names = _registry()
+    print(json.dumps(object_info(registry, names), indent=1) if args.object_info else describe(registry, names))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _prepare(args)
+    commands = {"run": cmd_run, "convert": cmd_convert, "nodes": cmd_nodes}
     try:
-        return cmd_run(args)
+        if args.command == "sweep":
+            from .sweep_cli import cmd_sweep
+
+            return cmd_sweep(args)
+        return commands[args.command](args)
     except WorkflowError as e:
         print(json.dumps(e.to_json(), indent=2) if args.json else f"error: {e}", file=sys.stderr)
         return e.exit_code

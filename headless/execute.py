@@ -4,10 +4,17 @@ Every input travels as a list; unless a node sets ``INPUT_IS_LIST`` its function
 per index up to the longest list (shorter lists repeat their last item), and outputs flagged in
 ``OUTPUT_IS_LIST`` are concatenated (ComfyUI's ``_map_node_over_list``/``merge_result_data``).
 Node functions run inside ``torch.inference_mode()``, as in ComfyUI.
+
+Caching is ComfyUI's classic key: class, ``IS_CHANGED`` result, constant inputs and the keys of
+the linked ancestors. A node whose key is unchanged is not run again, within a run and across the
+runs of a sweep (the cache keeps what the previous run used, as ComfyUI keeps the last prompt).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +27,7 @@ class NodeRun:
     node_id: str
     class_type: str
     seconds: float
+    cached: bool = False
     ui: list = field(default_factory=list)
 
 
@@ -31,6 +39,32 @@ class RunResult:
     @property
     def ui(self) -> dict[str, list]:
         return {n.node_id: n.ui for n in self.nodes if n.ui}
+
+    @property
+    def executed(self) -> list[str]:
+        return [n.node_id for n in self.nodes if not n.cached]
+
+
+class OutputCache:
+    """Two generations: entries used by the current run, and by the previous one."""
+
+    def __init__(self):
+        self.current: dict[str, tuple] = {}
+        self.previous: dict[str, tuple] = {}
+
+    def begin_run(self) -> None:
+        self.previous, self.current = self.current, {}
+
+    def get(self, key: str):
+        if key in self.current:
+            return self.current[key]
+        if key in self.previous:
+            self.current[key] = self.previous[key]
+            return self.current[key]
+        return None
+
+    def put(self, key: str, value: tuple) -> None:
+        self.current[key] = value
 
 
 def map_over_lists(func, inputs: dict[str, list], input_is_list: bool) -> list:
@@ -49,10 +83,41 @@ def merge_results(results: list, output_is_list: tuple[bool, ...]) -> list[list]
     return merged
 
 
+def _constants(node: dict) -> dict:
+    return {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+
+
 class Executor:
-    def __init__(self, registry: Registry, show_progress: bool = True):
+    def __init__(self, registry: Registry, show_progress: bool = True, cache: OutputCache | None = None):
         self.registry = registry
         self.show_progress = show_progress
+        self.cache = cache if cache is not None else OutputCache()
+
+    def cache_key(self, prompt: dict, node_id: str, keys: dict[str, str]) -> str | None:
+        """ComfyUI's classic cache key, or None when ``IS_CHANGED`` says "always run" (NaN).
+        Output nodes always run (unlike ComfyUI) so that every run of a sweep writes its own files."""
+        node = prompt[node_id]
+        cls = self.registry[node["class_type"]]
+        if getattr(cls, "OUTPUT_NODE", False) is True:
+            return None
+        changed = None
+        if hasattr(cls, "IS_CHANGED"):
+            # ComfyUI passes IS_CHANGED the constant inputs only (linked ones are not known yet).
+            wanted = self._declared(cls)
+            changed = map_over_lists(cls.IS_CHANGED, {k: [v] for k, v in _constants(node).items() if k in wanted},
+                                     getattr(cls, "INPUT_IS_LIST", False))
+            if any(isinstance(c, float) and math.isnan(c) for c in changed):
+                return None
+        links = {name: [keys.get(v[0]), v[1]] for name, v in node["inputs"].items() if isinstance(v, list)}
+        if any(k is None for k, _ in links.values()):
+            return None
+        text = json.dumps([node["class_type"], repr(changed), _constants(node), links], sort_keys=True, default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @staticmethod
+    def _declared(cls) -> set[str]:
+        spec = cls.INPUT_TYPES()
+        return set(spec.get("required", {})) | set(spec.get("optional", {}))
 
     def _inputs(self, prompt: dict, node_id: str, outputs: dict, extra_data: dict) -> dict[str, list]:
         cls = self.registry[prompt[node_id]["class_type"]]
@@ -66,14 +131,13 @@ class Executor:
                 values[name] = [hidden_values[kind]]
         return values
 
-    def _run_node(self, prompt: dict, node_id: str, outputs: dict, extra_data: dict) -> NodeRun:
+    def _run_node(self, prompt: dict, node_id: str, outputs: dict, extra_data: dict) -> tuple[list, list]:
         import torch
 
         class_type = prompt[node_id]["class_type"]
         cls = self.registry[class_type]
         func = getattr(cls(), cls.FUNCTION)
         inputs = self._inputs(prompt, node_id, outputs, extra_data)
-        start = time.perf_counter()
         try:
             with torch.inference_mode():
                 returned = map_over_lists(func, inputs, getattr(cls, "INPUT_IS_LIST", False))
@@ -90,8 +154,7 @@ class Executor:
             results.append(tuple(r))
         n_out = len(cls.RETURN_TYPES)
         output_is_list = tuple(getattr(cls, "OUTPUT_IS_LIST", (False,) * n_out))
-        outputs[node_id] = merge_results(results, output_is_list) if n_out else []
-        return NodeRun(node_id, class_type, time.perf_counter() - start, ui)
+        return (merge_results(results, output_is_list) if n_out else []), ui
 
     def run(self, prompt: dict, order: list[str], extra_data: dict | None = None) -> RunResult:
         """Run the nodes of ``order`` (a validated workflow's execution order)."""
@@ -99,9 +162,23 @@ class Executor:
 
         extra_data = extra_data or {}
         outputs: dict[str, list] = {}
+        keys: dict[str, str] = {}
         runs = []
+        self.cache.begin_run()
         with tqdm(order, desc="workflow", unit="node", disable=not self.show_progress) as bar:
             for node_id in bar:
                 bar.set_postfix_str(f"{node_id}:{prompt[node_id]['class_type']}")
-                runs.append(self._run_node(prompt, node_id, outputs, extra_data))
+                start = time.perf_counter()
+                key = self.cache_key(prompt, node_id, keys)
+                hit = self.cache.get(key) if key else None
+                cached = hit is not None
+                if not cached:
+                    hit = self._run_node(prompt, node_id, outputs, extra_data)
+                    if key:
+                        self.cache.put(key, hit)
+                if key:
+                    keys[node_id] = key
+                outputs[node_id] = hit[0]
+                runs.append(NodeRun(node_id, prompt[node_id]["class_type"], time.perf_counter() - start,
+                                    cached=cached, ui=hit[1]))
         return RunResult(outputs, runs)

@@ -8,6 +8,7 @@ fails: a batch experiment must not silently drop results.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -17,19 +18,14 @@ Registry = dict[str, type]
 PRIMITIVES = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 
-def load_workflow(path: str | Path) -> dict:
-    """Read an API-format workflow file (``{id: {"class_type", "inputs"}}``)."""
+def read_json(path: str | Path):
+    """A workflow file's JSON; unreadable or malformed files are a clean ``invalid_prompt``."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise invalid_prompt(f"Cannot read workflow file {str(path)!r}", e.strerror or str(e)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise invalid_prompt(f"Workflow file {str(path)!r} is not valid JSON", str(e)) from None
-    if isinstance(data, dict) and "nodes" in data and "links" in data:
-        raise invalid_prompt(
-            f"Workflow file {str(path)!r} is in the editor's UI format; this runner takes the API "
-            "format (in ComfyUI: Workflow > Export (API))")
-    return data
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -45,19 +41,44 @@ def parse_override(text: str) -> tuple[str, str, object]:
     return node, name, value
 
 
+def resolve_node(prompt: dict, node: str, context: str) -> str:
+    """A node id from an id or a unique ``_meta.title``."""
+    if node in prompt:
+        return node
+    titled = [k for k, v in prompt.items() if isinstance(v, dict) and isinstance(v.get("_meta"), dict)
+              and v["_meta"].get("title") == node]
+    if len(titled) != 1:
+        raise invalid_prompt(f"{context}: no node with id or unique title {node!r}",
+                             f"node ids: {', '.join(prompt)}")
+    return titled[0]
+
+
+def node_depths(prompt: dict) -> dict[str, int]:
+    """Longest link distance of each node from a source node (0 = no inputs)."""
+    depth: dict[str, int] = {}
+
+    def visit(node_id: str) -> int:
+        if node_id not in depth:
+            depth[node_id] = 0  # guards against loops in a malformed graph
+            inputs = prompt[node_id].get("inputs", {}) if isinstance(prompt[node_id], dict) else {}
+            sources = [str(v[0]) for v in inputs.values() if isinstance(v, list) and v]
+            depth[node_id] = 1 + max((visit(s) for s in sources if s in prompt), default=-1)
+        return depth[node_id]
+
+    for node_id in prompt:
+        visit(node_id)
+    return depth
+
+
 def apply_overrides(prompt: dict, overrides: list[str]) -> dict:
     """Return a copy of ``prompt`` with each ``NODE.INPUT=VALUE`` set; NODE is a node id or a
     unique node title."""
     prompt = json.loads(json.dumps(prompt))
     for text in overrides:
         node, name, value = parse_override(text)
-        if node not in prompt:
-            titled = [k for k, v in prompt.items()
-                      if isinstance(v, dict) and v.get("_meta", {}).get("title") == node]
-            if len(titled) != 1:
-                raise invalid_prompt(f"--set {text!r}: no node with id or unique title {node!r}",
-                                     f"node ids: {', '.join(prompt)}")
-            node = titled[0]
+        node = resolve_node(prompt, node, f"--set {text!r}")
+        if not isinstance(prompt[node], dict):
+            raise invalid_prompt(f"--set {text!r}: node {node!r} is not a node object")
         if isinstance(value, list):
             value = {"__value__": value}  # a bare list would read as a link
         prompt[node].setdefault("inputs", {})[name] = value
@@ -118,8 +139,13 @@ def _check_value(name: str, value, kind, options: dict, info) -> tuple[object, d
 
 def _validate_node(prompt: dict, node_id: str, registry: Registry) -> list[dict]:
     node = prompt[node_id]
-    declared = registry[node["class_type"]].INPUT_TYPES()
+    cls = registry[node["class_type"]]
+    declared = cls.INPUT_TYPES()
+    custom = getattr(cls, "VALIDATE_INPUTS", None)
+    argspec = inspect.getfullargspec(custom) if custom else None
+    custom_names = set(argspec.args) if argspec else set()
     errors = []
+    received_types = {}
     for category in ("required", "optional"):
         for name, spec in declared.get(category, {}).items():
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
@@ -156,18 +182,44 @@ def _validate_node(prompt: dict, node_id: str, registry: Registry) -> list[dict]
                                          f"input_type({kind})", input_name=name, input_config=info,
                                          received_type=returns[value[1]], linked_node=value))
                 node["inputs"][name] = [source, value[1]]
+                received_types[name] = returns[value[1]]
                 continue
-            value, err = _check_value(name, value, kind, options, info)
+            # Inputs that VALIDATE_INPUTS takes skip the min/max/list checks, as in ComfyUI.
+            checked = {} if name in custom_names or (argspec and argspec.varkw) else options
+            value, err = _check_value(name, value, kind if checked is options else _loose(kind), checked, info)
             if err:
                 errors.append(err)
             else:
                 node["inputs"][name] = value
+    if custom and not errors:
+        errors += _custom_validation(custom, argspec, node, received_types)
     return errors
 
 
+def _loose(kind):
+    return kind if isinstance(kind, str) else "*"
+
+
+def _custom_validation(custom, spec, node: dict, received_types: dict) -> list[dict]:
+    """Call the node's ``VALIDATE_INPUTS`` with the constant inputs it names (ComfyUI's rule)."""
+    kwargs = {k: v for k, v in node["inputs"].items()
+              if not isinstance(v, list) and (k in spec.args or spec.varkw)}
+    if "input_types" in spec.args:
+        kwargs["input_types"] = received_types
+    try:
+        result = custom(**kwargs)
+    except Exception as e:  # a node's own check failing is a validation error, not a crash
+        result = f"{type(e).__name__}: {e}"
+    if result is True:
+        return []
+    return [_error("custom_validation_failed", "Custom validation failed for node",
+                   f"{name}" + ("" if result is False else f" - {result}"), input_name=name)
+            for name in (kwargs or {"": None})]
+
+
 def _check_shape(prompt) -> None:
-    if not isinstance(prompt, dict) or not prompt:
-        raise invalid_prompt("The workflow must be a non-empty JSON object of nodes "
+    if not isinstance(prompt, dict):
+        raise invalid_prompt("The workflow must be a JSON object of nodes "
                              "({\"id\": {\"class_type\": ..., \"inputs\": {...}}})")
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):

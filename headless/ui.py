@@ -6,6 +6,8 @@ a headless run, so dragging such a PNG into ComfyUI restores an editable graph.
 
 from __future__ import annotations
 
+from .graph import node_depths
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 COLUMN, GAP, LINE, TEXTBOX = 380, 60, 24, 100  # layout in editor pixels
 
@@ -21,23 +23,8 @@ def declared_inputs(cls) -> list[tuple[str, object, dict]]:
             for category in ("required", "optional") for name, s in spec.get(category, {}).items()]
 
 
-def _depths(prompt: dict) -> dict[str, int]:
-    depth: dict[str, int] = {}
-
-    def visit(node_id: str) -> int:
-        if node_id not in depth:
-            depth[node_id] = 0  # guards against loops in a malformed graph
-            sources = [v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list)]
-            depth[node_id] = 1 + max((visit(s) for s in sources if s in prompt), default=-1)
-        return depth[node_id]
-
-    for node_id in prompt:
-        visit(node_id)
-    return depth
-
-
 def api_to_ui(prompt: dict, registry: dict) -> dict:
-    depths = _depths(prompt)
+    depths = node_depths(prompt)
     column_y: dict[int, int] = {}
     nodes, links = [], []
     outputs_links: dict[tuple[str, int], list[int]] = {}

@@ -115,9 +115,9 @@ def test_malformed_files_exit_2(tmp_path, capsys, text):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_ui_format_files_get_a_pointer_to_the_api_export(tmp_path, capsys):
+def test_an_empty_ui_workflow_has_no_outputs(tmp_path, capsys):
     assert run_cli(tmp_path, {"nodes": [], "links": []}) == 2
-    assert "Export (API)" in capsys.readouterr().err
+    assert "Prompt has no outputs" in capsys.readouterr().err
 
 
 def test_a_failing_node_exits_1_naming_the_node_without_traceback(tmp_path, capsys):
@@ -216,3 +216,80 @@ def test_error_json_has_comfyui_shape_and_real_dependent_outputs(tmp_path, capsy
     assert set(entry) == {"errors", "dependent_outputs", "class_type"}
     assert entry["dependent_outputs"] == ["7"]  # Save B does not depend on Generate A
     assert entry["errors"][0]["extra_info"]["received_value"] == 10**6
+
+
+class Checked:
+    CATEGORY = "test"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "f"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("INT", {"default": 0, "min": 0, "max": 10}),
+                             "y": ("INT", {"default": 0, "min": 0, "max": 10})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, x):
+        return True if x % 2 == 0 else f"x must be even, got {x}"
+
+    def f(self, x, y):
+        return (x + y,)
+
+
+def test_validate_inputs_is_honoured_and_replaces_the_range_checks_of_its_inputs():
+    registry = {"Checked": Checked}
+    validate({"1": {"class_type": "Checked", "inputs": {"x": 100, "y": 3}}}, registry)  # x skips max
+    with pytest.raises(WorkflowError) as info:
+        validate({"1": {"class_type": "Checked", "inputs": {"x": 3, "y": 3}}}, registry)
+    err = info.value.node_errors["1"]["errors"][0]
+    assert err["type"] == "custom_validation_failed" and err["details"] == "x - x must be even, got 3"
+    with pytest.raises(WorkflowError, match="bigger than max"):
+        validate({"1": {"class_type": "Checked", "inputs": {"x": 2, "y": 11}}}, registry)
+
+
+class Counting:
+    CATEGORY = "test"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "f"
+    calls = 0
+    changed = 0.0
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("INT", {"default": 0})}}
+
+    @classmethod
+    def IS_CHANGED(cls, x):
+        return cls.changed
+
+    def f(self, x):
+        Counting.calls += 1
+        return (x,)
+
+
+class Sink(Counting):
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"v": ("INT", {})}}
+
+    def f(self, v):
+        return (v,)
+
+
+def test_unchanged_nodes_are_served_from_the_cache_and_is_changed_can_force_a_rerun():
+    registry = {"Counting": Counting, "Sink": Sink}
+    wf = {"1": {"class_type": "Counting", "inputs": {"x": 1}}, "2": {"class_type": "Sink", "inputs": {"v": ["1", 0]}}}
+    prompt, _, order = validate(wf, registry)
+    executor = Executor(registry, show_progress=False)
+    Counting.calls, Counting.changed = 0, 0.0
+    first = executor.run(prompt, order)
+    second = executor.run(prompt, order)
+    assert Counting.calls == 1 and first.executed == ["1", "2"] and second.executed == ["2"]
+    Counting.changed = 1.0  # a different IS_CHANGED value is a different key
+    assert executor.run(prompt, order).executed == ["1", "2"]
+    Counting.changed = float("nan")  # NaN never equals itself: always run
+    assert executor.run(prompt, order).executed == ["1", "2"]
+    assert executor.run(prompt, order).executed == ["1", "2"]

@@ -1,0 +1,125 @@
+"""The editor's UI format (LiteGraph v0.4, what "Save" writes) -> the API format ComfyUI executes.
+
+ComfyUI's backend has no such converter: the frontend's ``graphToPrompt()`` does it. This follows
+its rules from our node declarations (checked against frontend 1.35 in tests/test_convert.py):
+``widgets_values`` are positional over the widget inputs in declaration order (required, then
+optional), with one extra control value after an INT that has ``control_after_generate``; a
+linked widget takes its link; ``Reroute`` nodes are followed, ``PrimitiveNode`` values are copied
+into their targets, notes are dropped; muted nodes (mode 2) vanish, bypassed nodes (mode 4) pass
+each consumer the bypassed node's input of the same type; list constants become
+``{"__value__": [...]}``.
+"""
+
+from __future__ import annotations
+
+from .errors import invalid_prompt
+from .ui import declared_inputs, is_widget
+
+VIRTUAL = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
+MUTED, BYPASSED = 2, 4
+
+
+def is_ui_workflow(data) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "links" in data
+
+
+def _links(ui: dict) -> dict[int, tuple]:
+    links = {}
+    for link in ui.get("links") or []:
+        if isinstance(link, dict):  # v1 files may store links as objects
+            link = [link.get(k) for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")]
+        if not isinstance(link, list) or len(link) < 5:
+            raise invalid_prompt("UI workflow has a malformed link", repr(link)[:200])
+        links[link[0]] = (link[1], link[2], link[3], link[4], link[5] if len(link) > 5 else "*")
+    return links
+
+
+def _widget_values(node: dict, cls) -> dict:
+    values = node.get("widgets_values")
+    widgets = [(name, options) for name, kind, options in declared_inputs(cls) if is_widget(kind)]
+    if isinstance(values, dict):
+        return {name: values[name] for name, _ in widgets if name in values}
+    values = list(values or [])
+    named, i = {}, 0
+    for name, options in widgets:
+        if i >= len(values):
+            break
+        named[name] = values[i]
+        i += 2 if options.get("control_after_generate") else 1
+    return named
+
+
+class _Graph:
+    def __init__(self, ui: dict, registry: dict, display_names: dict):
+        if ui.get("definitions", {}).get("subgraphs"):
+            raise invalid_prompt("UI workflows with subgraphs are not supported yet; convert the subgraph "
+                                 "back to nodes in the editor, or export the API format")
+        self.registry = registry
+        self.display_names = display_names
+        self.nodes = {}
+        for node in ui["nodes"]:
+            if not isinstance(node, dict) or "id" not in node or not isinstance(node.get("type"), str):
+                raise invalid_prompt("UI workflow has a node without id or type", repr(node)[:200])
+            self.nodes[node["id"]] = node
+        self.links = _links(ui)
+
+    def source(self, link_id, want_type=None, seen=None):
+        """Follow a link through reroutes and bypassed nodes to (node id, slot), or None."""
+        seen = seen or set()
+        if link_id is None or link_id not in self.links or link_id in seen:
+            return None
+        seen.add(link_id)
+        origin, slot, _, _, link_type = self.links[link_id]
+        node = self.nodes.get(origin)
+        if node is None:
+            raise invalid_prompt(f"UI workflow link {link_id} comes from node {origin}, which does not exist")
+        want_type = want_type or link_type
+        if node.get("mode") == MUTED:
+            return None
+        if node["type"] == "Reroute":
+            inputs = node.get("inputs") or [{}]
+            return self.source(inputs[0].get("link"), want_type, seen)
+        if node["type"] == "PrimitiveNode":
+            return ("value", (node.get("widgets_values") or [None])[0])
+        if node.get("mode") == BYPASSED:
+            inputs = node.get("inputs") or []
+            same_slot = inputs[slot] if slot < len(inputs) else None
+            candidates = ([same_slot] if same_slot and same_slot.get("type") == want_type else []) + [
+                i for i in inputs if i.get("type") == want_type]
+            for candidate in candidates:
+                if candidate.get("link") is not None:
+                    return self.source(candidate["link"], want_type, seen)
+            return None
+        return (str(origin), slot)
+
+    def to_api(self) -> dict:
+        prompt = {}
+        for node_id, node in self.nodes.items():
+            kind = node["type"]
+            if kind in VIRTUAL or node.get("mode") in (MUTED, BYPASSED):
+                continue
+            cls = self.registry.get(kind)
+            if cls is None:
+                raise invalid_prompt(f"Cannot execute because node {kind} does not exist.", f"Node ID '#{node_id}'")
+            inputs = {}
+            for name, value in _widget_values(node, cls).items():
+                inputs[name] = {"__value__": value} if isinstance(value, list) else value
+            for socket in node.get("inputs") or []:
+                if socket.get("link") is None:
+                    continue
+                found = self.source(socket["link"])
+                if found is None:
+                    inputs.pop(socket["name"], None)
+                elif found[0] == "value":
+                    inputs[socket["name"]] = {"__value__": found[1]} if isinstance(found[1], list) else found[1]
+                else:
+                    inputs[socket["name"]] = [found[0], found[1]]
+            title = node.get("title") or self.display_names.get(kind, kind)
+            prompt[str(node_id)] = {"inputs": inputs, "class_type": kind, "_meta": {"title": title}}
+        return prompt
+
+
+def ui_to_api(ui: dict, registry: dict, display_names: dict | None = None) -> dict:
+    if not is_ui_workflow(ui):
+        raise invalid_prompt("Not a UI-format workflow (expected 'nodes' and 'links')")
+    return _Graph(ui, registry, display_names or {}).to_api()

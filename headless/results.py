@@ -1,0 +1,73 @@
+"""Run records and the results tables of a sweep, written atomically (temp file + rename).
+
+Each finished run writes ``runs/<run_id>/result.json``; those files are the truth.
+``results.jsonl`` and ``results.csv`` are rebuilt from them after every run, so a kill at any
+moment leaves every finished row on disk and no half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+RESULT = "result.json"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    atomic_write_text(run_dir / RESULT, json.dumps(record, indent=1, default=str))
+
+
+def read_records(output_dir: Path) -> list[dict]:
+    records = []
+    for path in sorted((output_dir / "runs").glob(f"*/{RESULT}")):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue  # not ours or unreadable: the run counts as unfinished and runs again
+    return records
+
+
+def table_rows(records: list[dict]) -> list[dict]:
+    """One row per score row of every finished run (one row for a run without scores), with the
+    run's id, its overrides as ``set:<NODE.INPUT>`` columns, status and timing."""
+    rows = []
+    for record in records:
+        base = {"run_id": record["run_id"], "status": record["status"], "repeat": record.get("repeat", 0),
+                **{f"set:{k}": v for k, v in record.get("overrides", {}).items()},
+                "run_seconds": record.get("seconds")}
+        scores = record.get("scores") or [{}]
+        rows += [{**base, **row} for row in scores]
+    return rows
+
+
+def write_tables(output_dir: Path) -> int:
+    rows = table_rows(read_records(output_dir))
+    atomic_write_text(output_dir / "results.jsonl",
+                      "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    columns = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(output_dir / "results.csv", buffer.getvalue())
+    return len(rows)
