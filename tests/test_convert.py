@@ -1,0 +1,150 @@
+"""UI -> API conversion: equal to what ComfyUI's frontend sends, and stable round trips.
+
+tests/data/ui/*.frontend.api.json were produced by ComfyUI 0.8 / frontend 1.35.9's own
+``app.graphToPrompt()`` on the matching ``*.ui.json`` (loaded in headless Chromium with this pack
+installed), so these tests compare our converter with the real one.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import loralab
+from loralab import NODE_CLASS_MAPPINGS as REGISTRY
+from loralab import NODE_DISPLAY_NAME_MAPPINGS as NAMES
+from loralab.headless.cli import main
+from loralab.headless.convert import ui_to_api
+from loralab.headless.errors import WorkflowError
+from loralab.headless.ui import api_to_ui
+
+DATA = Path(__file__).parent / "data" / "ui"
+WORKFLOWS = Path(loralab.__file__).parent / "workflows"
+
+
+def load(path):
+    return json.loads(Path(path).read_text())
+
+
+def test_rules_file_converts_exactly_as_comfyuis_frontend_does():
+    """Reroute, PrimitiveNode feeding a converted seed widget (control 'randomize'), a Note, a
+    bypassed Img2Img (its IMAGE input passes through), a muted Generate (its consumer loses the input)."""
+    assert ui_to_api(load(DATA / "rules.ui.json"), REGISTRY, NAMES) == load(DATA / "rules.frontend.api.json")
+
+
+def test_quickstart_twin_converts_to_the_api_workflow():
+    assert ui_to_api(load(WORKFLOWS / "quickstart.ui.json"), REGISTRY, NAMES) == load(WORKFLOWS / "quickstart.json")
+
+
+def test_convert_command_writes_the_api_file(tmp_path):
+    target = tmp_path / "api.json"
+    assert main(["convert", str(WORKFLOWS / "quickstart.ui.json"), "-o", str(target)]) == 0
+    assert load(target) == load(WORKFLOWS / "quickstart.json")
+
+
+class ListNode:
+    CATEGORY = "test"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "f"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {}), "sizes": ("STRING", {"default": ""}),
+                             "seed": ("INT", {"default": 0, "control_after_generate": True}),
+                             "mode": (["a", "b"], {})},
+                "optional": {"scale": ("FLOAT", {"default": 1.0})}}
+
+
+class Source:
+    CATEGORY = "test"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "f"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+
+TEST_REGISTRY = {"ListNode": ListNode, "Source": Source}
+
+
+def node(node_id, kind, inputs=(), widgets=None, mode=0, **extra):
+    return {"id": node_id, "type": kind, "mode": mode, "inputs": list(inputs), "outputs": [],
+            "widgets_values": widgets if widgets is not None else [], **extra}
+
+
+def test_positional_and_named_widget_values_lists_and_the_seed_control_slot():
+    ui = {"nodes": [node(1, "Source"),
+                    node(2, "ListNode", [{"name": "image", "type": "IMAGE", "link": 1}],
+                         [["x", "y"], 5, "increment", "b", 2.5]),
+                    node(3, "ListNode", [{"name": "image", "type": "IMAGE", "link": 2}],
+                         {"sizes": "s", "seed": 1, "mode": "a"})],
+          "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 1, 0, 3, 0, "IMAGE"]]}
+    api = ui_to_api(ui, TEST_REGISTRY)
+    assert api["2"]["inputs"] == {"image": ["1", 0], "sizes": {"__value__": ["x", "y"]}, "seed": 5,
+                                  "mode": "b", "scale": 2.5}
+    assert api["3"]["inputs"] == {"image": ["1", 0], "sizes": "s", "seed": 1, "mode": "a"}
+    assert api["2"]["_meta"]["title"] == "ListNode"
+
+
+def test_a_converted_widget_without_a_link_keeps_its_widget_value_and_reroute_chains_are_followed():
+    ui = {"nodes": [node(1, "Source"), node(5, "Reroute", [{"name": "", "type": "*", "link": 1}]),
+                    node(6, "Reroute", [{"name": "", "type": "*", "link": 2}]),
+                    node(2, "ListNode", [{"name": "image", "type": "IMAGE", "link": 3},
+                                         {"name": "seed", "type": "INT", "widget": {"name": "seed"}, "link": None}],
+                         ["", 9, "fixed", "a"]),
+                    node(7, "PrimitiveNode", widgets=[["p", "q"], "fixed"]),
+                    node(3, "ListNode", [{"name": "image", "type": "IMAGE", "link": 4},
+                                         {"name": "sizes", "type": "STRING", "widget": {"name": "sizes"}, "link": 5}],
+                         ["old", 1, "fixed", "a"])],
+          "links": [[1, 1, 0, 5, 0, "IMAGE"], [2, 5, 0, 6, 0, "IMAGE"], [3, 6, 0, 2, 0, "IMAGE"],
+                    [4, 1, 0, 3, 0, "IMAGE"], [5, 7, 0, 3, 1, "STRING"]]}
+    api = ui_to_api(ui, TEST_REGISTRY)
+    assert set(api) == {"1", "2", "3"}
+    assert api["2"]["inputs"]["image"] == ["1", 0] and api["2"]["inputs"]["seed"] == 9
+    assert api["3"]["inputs"]["sizes"] == {"__value__": ["p", "q"]}
+
+
+def test_bypass_passes_the_same_typed_input_and_drops_what_it_cannot_pass():
+    ui = {"nodes": [node(1, "Source"),
+                    node(2, "ListNode", [{"name": "image", "type": "IMAGE", "link": 1}], ["", 0, "fixed", "a"], mode=4),
+                    node(3, "ListNode", [{"name": "image", "type": "IMAGE", "link": 2}], ["", 0, "fixed", "a"]),
+                    node(4, "ListNode", [{"name": "image", "type": "MASK", "link": 3}], ["", 0, "fixed", "a"], mode=4),
+                    node(5, "ListNode", [{"name": "image", "type": "IMAGE", "link": 4}], ["", 0, "fixed", "a"])],
+          "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 1, 1, 4, 0, "MASK"],
+                    [4, 4, 0, 5, 0, "IMAGE"]]}
+    api = ui_to_api(ui, TEST_REGISTRY)
+    assert api["3"]["inputs"]["image"] == ["1", 0]
+    assert "image" not in api["5"]["inputs"]  # node 4 has no IMAGE input to pass on
+
+
+@pytest.mark.parametrize("ui,message", [
+    ({"nodes": [node(1, "Nope")], "links": []}, "Nope does not exist"),
+    ({"nodes": [node(2, "ListNode", [{"name": "image", "type": "IMAGE", "link": 1}])],
+      "links": [[1, 99, 0, 2, 0, "IMAGE"]]}, "node 99, which does not exist"),
+    ({"nodes": [], "links": [], "definitions": {"subgraphs": [{"id": "x"}]}}, "subgraphs"),
+    ({"nodes": [{"type": "Source"}], "links": []}, "without id or type"),
+    ({"nodes": [], "links": [[1, 2]]}, "malformed link"),
+])
+def test_broken_ui_files_give_clean_errors(ui, message):
+    with pytest.raises(WorkflowError, match=message):
+        ui_to_api(ui, TEST_REGISTRY)
+
+
+widget_values = st.fixed_dictionaries({
+    "steps": st.integers(1, 1000), "cfg": st.floats(0, 30, allow_nan=False).map(lambda x: round(x, 2)),
+    "seed": st.integers(0, 2**64 - 1), "negative_prompt": st.text(max_size=30),
+    "sampler_name": st.sampled_from(["euler", "ddim", "lcm"]), "text": st.text(min_size=1, max_size=40),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=widget_values)
+def test_api_to_ui_to_api_round_trip_is_stable(values):
+    api = load(WORKFLOWS / "quickstart.json")
+    api["5"]["inputs"].update({k: values[k] for k in ("steps", "cfg", "seed", "negative_prompt")})
+    api["3"]["inputs"]["sampler_name"] = values["sampler_name"]
+    api["2"]["inputs"]["text"] = values["text"]
+    assert ui_to_api(api_to_ui(api, REGISTRY), REGISTRY, NAMES) == api
