@@ -28,10 +28,30 @@ def _links(ui: dict) -> dict[int, tuple]:
     for link in ui.get("links") or []:
         if isinstance(link, dict):  # v1 files may store links as objects
             link = [link.get(k) for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")]
-        if not isinstance(link, list) or len(link) < 5:
+        if not isinstance(link, list) or len(link) < 5 or not all(_scalar(x) for x in link[:5]):
             raise invalid_prompt("UI workflow has a malformed link", repr(link)[:200])
         links[link[0]] = (link[1], link[2], link[3], link[4], link[5] if len(link) > 5 else "*")
     return links
+
+
+def _scalar(value) -> bool:
+    return value is None or (isinstance(value, (int, str)) and not isinstance(value, bool))
+
+
+def _check_node(node: dict) -> None:
+    """The shape the converter relies on; anything else in a shared file is a clean error."""
+    problem = None
+    inputs = node.get("inputs")
+    if inputs is not None and not (isinstance(inputs, list) and all(
+            isinstance(i, dict) and isinstance(i.get("name", ""), str) and _scalar(i.get("link"))
+            and _scalar(i.get("type")) for i in inputs)):
+        problem = "inputs must be a list of {name, type, link} objects"
+    elif not isinstance(node.get("widgets_values"), (list, dict, type(None))):
+        problem = "widgets_values must be a list or an object"
+    elif not _scalar(node.get("mode")) or not isinstance(node.get("title", ""), (str, type(None))):
+        problem = "mode must be a number and title a string"
+    if problem:
+        raise invalid_prompt(f"UI workflow node {node['id']!r}: {problem}")
 
 
 def _widget_values(node: dict, cls) -> dict:
@@ -58,8 +78,10 @@ class _Graph:
         self.display_names = display_names
         self.nodes = {}
         for node in ui["nodes"]:
-            if not isinstance(node, dict) or "id" not in node or not isinstance(node.get("type"), str):
+            if (not isinstance(node, dict) or not isinstance(node.get("id"), (int, str))
+                    or isinstance(node.get("id"), bool) or not isinstance(node.get("type"), str)):
                 raise invalid_prompt("UI workflow has a node without id or type", repr(node)[:200])
+            _check_node(node)
             self.nodes[node["id"]] = node
         self.links = _links(ui)
 
@@ -74,6 +96,8 @@ class _Graph:
         if node is None:
             raise invalid_prompt(f"UI workflow link {link_id} comes from node {origin}, which does not exist")
         want_type = want_type or link_type
+        if not isinstance(slot, int):
+            raise invalid_prompt(f"UI workflow link {link_id} has a non-numeric origin slot {slot!r}")
         if node.get("mode") == MUTED:
             return None
         if node["type"] == "Reroute":

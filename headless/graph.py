@@ -146,6 +146,9 @@ def _validate_node(prompt: dict, node_id: str, registry: Registry) -> list[dict]
     custom_names = set(argspec.args) if argspec else set()
     errors = []
     received_types = {}
+    # Inputs the node does not declare never reach it (ComfyUI's get_input_data skips them too).
+    known = set(declared.get("required", {})) | set(declared.get("optional", {}))
+    node["inputs"] = {k: v for k, v in node["inputs"].items() if k in known}
     for category in ("required", "optional"):
         for name, spec in declared.get(category, {}).items():
             kind, options = spec[0], (spec[1] if len(spec) > 1 else {})
