@@ -71,6 +71,16 @@ def model_choices() -> list[str]:
     return list(EMBEDDED) + list(available_models())
 
 
+def model_signature(name: str) -> str:
+    """Size and modification time of a model's files: a replaced file is a different model to the
+    runner's caches even under the same name."""
+    path = EMBEDDED.get(name) or available_models().get(name)
+    if path is None:
+        return name
+    files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists())
+
+
 def resolve_device(device: str) -> torch.device:
     import torch
 

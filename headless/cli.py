@@ -30,6 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
                    help="folder with checkpoints/ and diffusers model folders (repeatable; default: "
                         "$LORALAB_MODELS_DIR or ./models)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="keep expensive node results (generated image sets) here across runs and processes")
     p.add_argument("--json", action="store_true", help="print errors and the summary as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--traceback", action="store_true", help="show the Python traceback of a failing node")
@@ -93,6 +95,16 @@ def _prepare(args) -> None:
         os.environ["LORALAB_NO_PROGRESS"] = "1"
 
 
+def make_executor(args, registry):
+    from .. import __version__
+    from .diskcache import DiskCache
+    from .execute import Executor
+
+    # Results depend on our code too: a new version starts a fresh cache.
+    disk = DiskCache(Path(args.cache_dir) / f"loralab-{__version__}") if args.cache_dir else None
+    return Executor(registry, show_progress=not args.quiet, disk_cache=disk)
+
+
 def execute_workflow(prompt: dict, ui: dict | None, output_dir: Path, executor, registry):
     """Validate and run one workflow into ``output_dir``; returns (RunResult, image paths)."""
     from ..core import runtime
@@ -111,7 +123,6 @@ def execute_workflow(prompt: dict, ui: dict | None, output_dir: Path, executor, 
 
 
 def cmd_run(args) -> int:
-    from .execute import Executor
     from .graph import apply_overrides, validate
 
     registry, _ = _registry()
@@ -125,7 +136,7 @@ def cmd_run(args) -> int:
     _quiet_libraries()
     output_dir = Path(args.output).resolve()
     result, images = execute_workflow(prompt, ui if not args.overrides else None, output_dir,
-                                      Executor(registry, show_progress=not args.quiet), registry)
+                                      make_executor(args, registry), registry)
     summary = {"workflow": str(args.workflow), "output": str(output_dir), "images": images,
                "nodes": [{"id": n.node_id, "class_type": n.class_type, "seconds": round(n.seconds, 4)}
                          for n in result.nodes]}

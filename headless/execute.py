@@ -88,10 +88,28 @@ def _constants(node: dict) -> dict:
 
 
 class Executor:
-    def __init__(self, registry: Registry, show_progress: bool = True, cache: OutputCache | None = None):
+    def __init__(self, registry: Registry, show_progress: bool = True, cache: OutputCache | None = None,
+                 disk_cache=None):
         self.registry = registry
         self.show_progress = show_progress
         self.cache = cache if cache is not None else OutputCache()
+        self.disk_cache = disk_cache  # a DiskCache for nodes that declare DISK_CACHE = True
+
+    def _lookup(self, key: str | None, cls):
+        if not key:
+            return None
+        hit = self.cache.get(key)
+        if hit is None and self.disk_cache is not None and getattr(cls, "DISK_CACHE", False):
+            hit = self.disk_cache.get(key)
+            if hit is not None:
+                self.cache.put(key, hit)
+        return hit
+
+    def _store(self, key: str | None, cls, value: tuple) -> None:
+        if key:
+            self.cache.put(key, value)
+            if self.disk_cache is not None and getattr(cls, "DISK_CACHE", False):
+                self.disk_cache.put(key, *value)
 
     def cache_key(self, prompt: dict, node_id: str, keys: dict[str, str]) -> str | None:
         """ComfyUI's classic cache key, or None when ``IS_CHANGED`` says "always run" (NaN).
@@ -170,12 +188,12 @@ class Executor:
                 bar.set_postfix_str(f"{node_id}:{prompt[node_id]['class_type']}")
                 start = time.perf_counter()
                 key = self.cache_key(prompt, node_id, keys)
-                hit = self.cache.get(key) if key else None
+                cls = self.registry[prompt[node_id]["class_type"]]
+                hit = self._lookup(key, cls)
                 cached = hit is not None
                 if not cached:
                     hit = self._run_node(prompt, node_id, outputs, extra_data)
-                    if key:
-                        self.cache.put(key, hit)
+                    self._store(key, cls, hit)
                 if key:
                     keys[node_id] = key
                 outputs[node_id] = hit[0]

@@ -25,8 +25,7 @@ def _scores(result, prompt: dict, registry: dict) -> list[dict]:
 
 
 def cmd_sweep(args) -> int:
-    from .cli import _quiet_libraries, _registry, execute_workflow, load_any
-    from .execute import Executor
+    from .cli import _quiet_libraries, _registry, execute_workflow, load_any, make_executor
     from .graph import apply_overrides, node_depths, parse_override, resolve_node, validate
 
     exp = load_experiment(args.experiment)
@@ -50,7 +49,7 @@ def cmd_sweep(args) -> int:
         print(f"{len(runs)} runs, {sum(r.run_id in done for r in runs)} done")
         return 0
     _quiet_libraries()
-    executor = Executor(registry, show_progress=not args.quiet)
+    executor = make_executor(args, registry)
     failed = 0
     try:
         for index, run in enumerate(runs, 1):

@@ -37,6 +37,12 @@ class LoRALabLoadPipeline:
                                         "memory, slowest)."}),
         }}
 
+    @classmethod
+    def IS_CHANGED(cls, model, **_):
+        from ..core.pipeline import model_signature
+
+        return model_signature(model)
+
     def load(self, model, dtype, device, attention="auto", vae="auto", offload="none"):
         from ..core.pipeline import load_pipeline
 

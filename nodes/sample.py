@@ -63,6 +63,7 @@ class LoRALabGenerate:
     CATEGORY = "LoRA Lab/sample"
     RETURN_TYPES = ("IMAGE", "LL_SCORES")
     RETURN_NAMES = ("images", "cost")
+    DISK_CACHE = True  # headless --cache-dir: image sets are worth keeping across processes
     OUTPUT_TOOLTIPS = ("Generated images, prompt by prompt.",
                        "One row per image: model, sampler, steps, cfg, category, prompt, seed, "
                        "seconds_per_image, peak_memory_mb.")
@@ -111,6 +112,7 @@ class LoRALabImg2Img:
     CATEGORY = "LoRA Lab/sample"
     RETURN_TYPES = ("IMAGE", "LL_SCORES")
     RETURN_NAMES = ("images", "cost")
+    DISK_CACHE = True
     OUTPUT_TOOLTIPS = LoRALabGenerate.OUTPUT_TOOLTIPS
     FUNCTION = "img2img"
 

@@ -153,3 +153,22 @@ def test_collect_merges_runs_from_separate_shards(tmp_path):
     with open(tmp_path / "merged" / "results.csv", newline="") as f:
         assert sorted(r["set:Generate A.seed"] for r in csv.DictReader(f)) == ["0", "1", "2", "3"]
     assert main(["sweep", str(exp), "-o", str(tmp_path / "merged"), "-q"]) == 0  # nothing left to run
+
+
+def test_a_disk_cache_serves_generated_images_to_a_new_process(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    exp = experiment(tmp_path, '"Generate A.seed" = [0, 1]')
+    cache = tmp_path / "cache"
+    assert main(["sweep", str(exp), "-o", str(tmp_path / "a"), "-q", "--cache-dir", str(cache)]) == 0
+    # A second output folder starts the runs afresh; only the disk cache connects them.
+    assert main(["sweep", str(exp), "-o", str(tmp_path / "b"), "-q", "--cache-dir", str(cache)]) == 0
+    first, second = records(tmp_path / "a"), records(tmp_path / "b")
+    assert all("5" in r["executed"] for r in first)
+    assert not any("5" in r["executed"] for r in second)
+    for a, b in zip(first, second, strict=True):
+        assert [x["seed"] for x in a["scores"]] == [x["seed"] for x in b["scores"]]
+        for pa, pb in zip(sorted(a["images"]), sorted(b["images"]), strict=True):
+            assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb)))
+    assert list(cache.rglob("tensors.safetensors")) and not list(cache.rglob("*.pkl"))

@@ -1,0 +1,85 @@
+"""On-disk cache of expensive node results, keyed by the executor's cache key.
+
+Only nodes that opt in (``DISK_CACHE = True``: generated image sets now, trained LoRAs later)
+are stored, and only when every output value has a safe codec: tensors go to safetensors, score
+tables and plain values to JSON. Nothing is ever unpickled. Entries are written to a temporary
+folder and renamed into place, so an interrupted write leaves no partial entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..core.scores import ScoreTable
+
+
+def _encode(value, tensors: dict):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensors[name] = value.detach().cpu().contiguous()
+        return {"tensor": name}
+    if isinstance(value, ScoreTable):
+        return {"scores": {"keys": list(value.keys), "rows": value.rows}}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"json": value}
+    raise TypeError(type(value).__name__)
+
+
+def _decode(entry: dict, tensors: dict):
+    if "tensor" in entry:
+        return tensors[entry["tensor"]]
+    if "scores" in entry:
+        return ScoreTable(tuple(entry["scores"]["keys"]), entry["scores"]["rows"])
+    return entry["json"]
+
+
+class DiskCache:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _dir(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def get(self, key: str):
+        folder = self._dir(key)
+        if not (folder / "outputs.json").is_file():
+            return None
+        from safetensors.torch import load_file
+
+        try:
+            meta = json.loads((folder / "outputs.json").read_text())
+            tensors = load_file(folder / "tensors.safetensors") if (folder / "tensors.safetensors").exists() else {}
+            outputs = [[_decode(e, tensors) for e in slot] for slot in meta["outputs"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # damaged entry: recompute
+        return outputs, meta.get("ui", [])
+
+    def put(self, key: str, outputs: list, ui: list) -> bool:
+        from safetensors.torch import save_file
+
+        tensors: dict = {}
+        try:
+            encoded = [[_encode(v, tensors) for v in slot] for slot in outputs]
+            text = json.dumps({"outputs": encoded, "ui": ui})
+        except (TypeError, ValueError):
+            return False  # an output without a safe codec: keep it in memory only
+        folder = self._dir(key)
+        if folder.exists():
+            return True
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key[:8]}."))
+        try:
+            if tensors:
+                save_file(tensors, tmp / "tensors.safetensors")
+            (tmp / "outputs.json").write_text(text)
+            os.replace(tmp, folder)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return folder.exists()
+        return True
