@@ -1,0 +1,149 @@
+"""Training-time noise strategies: β schedules, timestep samplers, loss weights, noise tweaks.
+
+Small pure functions over tensors, each with its formula; tests compare them with diffusers and
+with the papers' formulas. T is the number of training timesteps (1000 for SD).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
+TIMESTEP_SAMPLERS = ("uniform", "snr", "high_noise", "low_noise", "range", "logit_normal")
+LOSS_WEIGHTS = ("mse", "snr", "min_snr", "debiased")
+PREDICTIONS = ("epsilon", "v_prediction")
+
+
+def betas_for(schedule: str, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """β_1..β_T in float64.
+
+    linear:        β = linspace(β0, β1)
+    scaled_linear: β = linspace(√β0, √β1)²  (SD's schedule; the seeds' "quadratic")
+    cosine:        β_t = min(1 − ᾱ(t+1)/ᾱ(t), 0.999), ᾱ(t) = cos²((t/T + s)/(1 + s)·π/2), s = 0.008
+                   (Nichol & Dhariwal 2021; diffusers' "squaredcos_cap_v2")
+    """
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if schedule == "scaled_linear":
+        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    if schedule == "cosine":
+        return torch.tensor([min(1 - alpha_bar((i + 1) / T) / alpha_bar(i / T), 0.999) for i in range(T)],
+                            dtype=torch.float64)
+    raise ValueError(f"beta schedule {schedule!r} is not one of {', '.join(BETA_SCHEDULES)}")
+
+
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023 (arXiv 2305.08891), Algorithm 1: shift and scale √ᾱ so that √ᾱ_T = 0
+    (pure noise at the last step) while √ᾱ_1 keeps its value."""
+    sqrt_ab = torch.cumprod(1 - betas, dim=0).sqrt()
+    first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    alpha_bar = sqrt_ab**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    return torch.cumprod(1 - betas, dim=0)
+
+
+def snr(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """SNR(t) = ᾱ_t / (1 − ᾱ_t)."""
+    return alpha_bar / (1 - alpha_bar)
+
+
+def timestep_probabilities(kind: str, snr_t: torch.Tensor, *, snr_power: float = 0.25, split: int | None = None,
+                           t_min: int = 0, t_max: int | None = None) -> torch.Tensor | None:
+    """p(t) over 0..T−1 for the discrete samplers (None for logit_normal, which is continuous).
+
+    uniform:    p(t) = 1/T
+    snr:        p(t) ∝ SNR(t)^k, k = ``snr_power`` (k > 0 favours low noise / fine detail; k = 0.25
+                puts the median near t = 270 on SD's schedule; k = 1 would sample almost only t < 20)
+    high_noise: uniform on [split, T) (default split = T/2);  low_noise: uniform on [0, split)
+    range:      uniform on [t_min, t_max] (inclusive)
+    """
+    T = snr_t.shape[0]
+    split = T // 2 if split is None else split
+    mask = torch.zeros(T, dtype=torch.float64)
+    if kind == "uniform":
+        mask[:] = 1
+    elif kind == "snr":
+        return (snr_t.double() ** snr_power) / (snr_t.double() ** snr_power).sum()
+    elif kind == "high_noise":
+        mask[split:] = 1
+    elif kind == "low_noise":
+        mask[:split] = 1
+    elif kind == "range":
+        mask[t_min:(T - 1 if t_max is None else t_max) + 1] = 1
+    elif kind == "logit_normal":
+        return None
+    else:
+        raise ValueError(f"timestep sampling {kind!r} is not one of {', '.join(TIMESTEP_SAMPLERS)}")
+    if mask.sum() == 0:
+        raise ValueError(f"timestep sampling {kind!r} selects no timestep "
+                         f"(split={split}, t_min={t_min}, t_max={t_max})")
+    return mask / mask.sum()
+
+
+def sample_timesteps(kind: str, n: int, snr_t: torch.Tensor, generator: torch.Generator, *,
+                     logit_mean: float = 0.0, logit_std: float = 1.0, **options) -> torch.Tensor:
+    """n integer timesteps. logit_normal: t = ⌊T·sigmoid(m + s·z)⌋, z ~ N(0, 1) (SD3, OneTrainer)."""
+    T = snr_t.shape[0]
+    probabilities = timestep_probabilities(kind, snr_t, **options)
+    if probabilities is None:
+        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        return (torch.sigmoid(logit_mean + logit_std * z) * T).long().clamp(0, T - 1)
+    return torch.multinomial(probabilities, n, replacement=True, generator=generator)
+
+
+def loss_weight(kind: str, snr_t: torch.Tensor, prediction: str = "epsilon", gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample weight of the MSE in the prediction's space.
+
+    mse:      1
+    snr:      SNR/(1 + SNR) = ᾱ_t  (bounded SNR weighting: high-noise steps count less)
+    min_snr:  ε: min(SNR, γ)/SNR;  v: min(SNR, γ)/(SNR + 1)  (Hang et al. 2023; γ = 5 usual)
+    debiased: ε: 1/√min(SNR, 1000);  v: 1/√(min(SNR, 1000) + 1)  (kohya's debiased estimation)
+    """
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction type {prediction!r} is not one of {', '.join(PREDICTIONS)}")
+    v = prediction == "v_prediction"
+    if kind == "mse":
+        return torch.ones_like(snr_t)
+    if kind == "snr":
+        return snr_t / (1 + snr_t)
+    if kind == "min_snr":
+        return snr_t.clamp(max=gamma) / (snr_t + 1 if v else snr_t)
+    if kind == "debiased":
+        clipped = snr_t.clamp(max=1000)
+        return 1 / (clipped + 1 if v else clipped).sqrt()
+    raise ValueError(f"loss weighting {kind!r} is not one of {', '.join(LOSS_WEIGHTS)}")
+
+
+def offset_noise(shape, generator: torch.Generator, offset: float = 0.0, dtype=torch.float32) -> torch.Tensor:
+    """ε ~ N(0, I) plus ``offset``·N(0, 1) shared over each image's channel (Guttenberg 2023's
+    noise offset, which lets a model learn very dark and very bright images)."""
+    noise = torch.randn(shape, generator=generator, dtype=dtype)
+    if offset:
+        noise = noise + offset * torch.randn((shape[0], shape[1], 1, 1), generator=generator, dtype=dtype)
+    return noise
+
+
+def perturb_input_noise(noise: torch.Tensor, generator: torch.Generator, gamma: float = 0.0) -> torch.Tensor:
+    """Input perturbation (Ning et al. 2023): x_t is built from ε + γ·ξ while the target stays ε."""
+    if not gamma:
+        return noise
+    return noise + gamma * torch.randn(noise.shape, generator=generator, dtype=noise.dtype)
+
+
+def target_for(prediction: str, latents: torch.Tensor, noise: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+    """The training target: ε, or v = √ᾱ·ε − √(1 − ᾱ)·x0 (Salimans & Ho 2022)."""
+    if prediction == "epsilon":
+        return noise
+    a = alpha_bar_t.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
+    return a.sqrt() * noise - (1 - a).sqrt() * latents

@@ -1,0 +1,137 @@
+"""Noise-strategy formulas against diffusers and the papers."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_ddpm import rescale_zero_terminal_snr as diffusers_rescale
+from diffusers.training_utils import compute_snr
+
+from loralab.core import noise
+
+DIFFUSERS_NAMES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+
+
+@pytest.mark.parametrize("schedule", noise.BETA_SCHEDULES)
+def test_beta_schedules_equal_diffusers_ddpm_betas(schedule):
+    ref = DDPMScheduler(beta_schedule=DIFFUSERS_NAMES[schedule], beta_start=0.00085, beta_end=0.012).betas
+    torch.testing.assert_close(noise.betas_for(schedule).float(), ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("schedule", noise.BETA_SCHEDULES)
+def test_zero_terminal_snr_equals_diffusers_and_reaches_zero(schedule):
+    betas = noise.betas_for(schedule)
+    ours = noise.rescale_zero_terminal_snr(betas)
+    torch.testing.assert_close(ours, diffusers_rescale(betas.clone()), rtol=1e-10, atol=1e-12)
+    alpha_bar = noise.alphas_cumprod(ours)
+    assert alpha_bar[-1] < 1e-12 and torch.isclose(alpha_bar[0], noise.alphas_cumprod(betas)[0])
+
+
+def test_snr_equals_diffusers_compute_snr():
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    t = torch.tensor([0, 10, 500, 999])
+    ours = noise.snr(noise.alphas_cumprod(noise.betas_for("scaled_linear")))[t]
+    torch.testing.assert_close(ours.float(), compute_snr(scheduler, t), rtol=1e-4, atol=0)  # diffusers: fp32
+
+
+SNR = noise.snr(noise.alphas_cumprod(noise.betas_for("scaled_linear")))
+
+
+@pytest.mark.parametrize("prediction", noise.PREDICTIONS)
+def test_min_snr_weights_equal_the_diffusers_training_script_formula(prediction):
+    gamma = 5.0
+    # train_text_to_image.py: stack([snr, γ]).min() / snr (ε) or / (snr + 1) (v)
+    ref = torch.stack([SNR, gamma * torch.ones_like(SNR)], dim=1).min(dim=1)[0]
+    ref = ref / (SNR + 1 if prediction == "v_prediction" else SNR)
+    torch.testing.assert_close(noise.loss_weight("min_snr", SNR, prediction, gamma), ref)
+
+
+def test_min_snr_on_epsilon_is_the_x0_loss_weighted_by_min_snr():
+    """Hang et al.: the x0-MSE weighted by min(SNR, γ). The ε error maps to the x0 error by
+    x0 − x̂0 = −√((1 − ᾱ)/ᾱ)(ε − ε̂), i.e. |x0 err|² = |ε err|² / SNR."""
+    eps_err2 = torch.rand(1000, dtype=torch.float64)
+    x0_err2 = eps_err2 / SNR
+    torch.testing.assert_close(noise.loss_weight("min_snr", SNR) * eps_err2, SNR.clamp(max=5) * x0_err2)
+
+
+def test_debiased_and_snr_weights_follow_their_definitions():
+    torch.testing.assert_close(noise.loss_weight("debiased", SNR), 1 / SNR.clamp(max=1000).sqrt())
+    torch.testing.assert_close(noise.loss_weight("debiased", SNR, "v_prediction"),
+                               1 / (SNR.clamp(max=1000) + 1).sqrt())
+    alpha_bar = noise.alphas_cumprod(noise.betas_for("scaled_linear"))
+    torch.testing.assert_close(noise.loss_weight("snr", SNR), alpha_bar)
+    assert torch.equal(noise.loss_weight("mse", SNR), torch.ones_like(SNR))
+
+
+def chi_square_ok(samples: torch.Tensor, probabilities: torch.Tensor, bins: int = 20) -> bool:
+    """Pearson χ² on 20 equal-width bins of t at the 0.1 % level (fixed seed, so deterministic)."""
+    from scipy.stats import chisquare
+
+    T = probabilities.shape[0]
+    edges = torch.linspace(0, T, bins + 1).long()
+    observed = torch.stack([((samples >= a) & (samples < b)).sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]).double()
+    expected = torch.stack([probabilities[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]) * len(samples)
+    keep = expected > 5
+    observed, expected = observed[keep], expected[keep]
+    return chisquare(observed.numpy(), expected.numpy() * observed.sum().item() / expected.sum().item()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("kind,options", [("uniform", {}), ("snr", {}), ("snr", {"snr_power": 0.5}),
+                                          ("high_noise", {}), ("low_noise", {"split": 300}),
+                                          ("range", {"t_min": 200, "t_max": 399})])
+def test_timestep_samplers_match_their_distributions(kind, options):
+    g = torch.Generator().manual_seed(0)
+    samples = noise.sample_timesteps(kind, 20000, SNR, g, **options)
+    assert samples.dtype == torch.long and 0 <= samples.min() and samples.max() <= 999
+    assert chi_square_ok(samples, noise.timestep_probabilities(kind, SNR, **options))
+
+
+def test_high_noise_only_never_yields_low_t_and_low_noise_never_high_t():
+    g = torch.Generator().manual_seed(1)
+    assert noise.sample_timesteps("high_noise", 50000, SNR, g).min() >= 500
+    assert noise.sample_timesteps("low_noise", 50000, SNR, g).max() < 500
+    r = noise.sample_timesteps("range", 50000, SNR, g, t_min=100, t_max=120)
+    assert r.min() == 100 and r.max() == 120
+
+
+def test_snr_sampling_favours_low_noise_as_defined():
+    p = noise.timestep_probabilities("snr", SNR)
+    torch.testing.assert_close(p, SNR**0.25 / (SNR**0.25).sum())
+    assert p[:500].sum() > 0.7
+
+
+def test_logit_normal_timesteps_follow_the_logit_normal_law():
+    from scipy.stats import kstest, norm
+
+    g = torch.Generator().manual_seed(2)
+    t = noise.sample_timesteps("logit_normal", 20000, SNR, g, logit_mean=0.5, logit_std=0.8)
+    u = (t.double() + 0.5) / 1000  # bin centres
+    logits = torch.log(u / (1 - u))
+    assert kstest(logits.numpy(), norm(0.5, 0.8).cdf).statistic < 0.02
+
+
+def test_v_target_and_noise_tweaks():
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    ab = torch.tensor([0.9, 0.1])
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    t = torch.tensor([10, 900])
+    torch.testing.assert_close(noise.target_for("v_prediction", x0, eps, scheduler.alphas_cumprod[t]),
+                               scheduler.get_velocity(x0, eps, t))
+    assert torch.equal(noise.target_for("epsilon", x0, eps, ab), eps)
+    shifted = noise.offset_noise((256, 4, 8, 8), torch.Generator().manual_seed(4), offset=0.5)
+    plain = noise.offset_noise((256, 4, 8, 8), torch.Generator().manual_seed(4))
+    # the offset is constant over each channel: it shows in the per-channel means only
+    assert shifted.mean(dim=(2, 3)).std() > 0.45 and plain.mean(dim=(2, 3)).std() < 0.2
+    assert torch.equal(noise.perturb_input_noise(eps, g, 0.0), eps)
+    assert (noise.perturb_input_noise(eps, g, 0.1) - eps).std() == pytest.approx(0.1, rel=0.1)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: noise.betas_for("quadratic"), "not one of linear, scaled_linear, cosine"),
+    (lambda: noise.loss_weight("p2", SNR), "loss weighting 'p2'"),
+    (lambda: noise.loss_weight("mse", SNR, "x0"), "prediction type 'x0'"),
+    (lambda: noise.timestep_probabilities("range", SNR, t_min=900, t_max=100), "selects no timestep"),
+])
+def test_bad_choices_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
