@@ -68,8 +68,9 @@ def chi_square_ok(samples: torch.Tensor, probabilities: torch.Tensor, bins: int 
 
     T = probabilities.shape[0]
     edges = torch.linspace(0, T, bins + 1).long()
-    observed = torch.stack([((samples >= a) & (samples < b)).sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]).double()
-    expected = torch.stack([probabilities[a:b].sum() for a, b in zip(edges[:-1], edges[1:], strict=True)]) * len(samples)
+    bounds = list(zip(edges[:-1], edges[1:], strict=True))
+    observed = torch.stack([((samples >= a) & (samples < b)).sum() for a, b in bounds]).double()
+    expected = torch.stack([probabilities[a:b].sum() for a, b in bounds]) * len(samples)
     keep = expected > 5
     observed, expected = observed[keep], expected[keep]
     return chisquare(observed.numpy(), expected.numpy() * observed.sum().item() / expected.sum().item()).pvalue > 1e-3
