@@ -7,13 +7,11 @@ with the papers' formulas. T is the number of training timesteps (1000 for SD).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
-TIMESTEP_SAMPLERS = ("uniform", "snr", "high_noise", "low_noise", "range", "logit_normal")
-LOSS_WEIGHTS = ("mse", "snr", "min_snr", "debiased")
-PREDICTIONS = ("epsilon", "v_prediction")
+from .choices import BETA_SCHEDULES, LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLERS
 
 
 def betas_for(schedule: str, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -147,3 +145,39 @@ def target_for(prediction: str, latents: torch.Tensor, noise: torch.Tensor, alph
         return noise
     a = alpha_bar_t.view(-1, *([1] * (latents.ndim - 1))).to(latents.dtype)
     return a.sqrt() * noise - (1 - a).sqrt() * latents
+
+
+@dataclass(frozen=True)
+class NoiseStrategy:
+    """``LL_NOISE``: how training noises latents and weighs the loss."""
+
+    beta_schedule: str = "scaled_linear"
+    zero_terminal_snr: bool = False
+    timestep_sampling: str = "uniform"
+    snr_power: float = 0.25
+    split: int = 500
+    t_min: int = 0
+    t_max: int = 999
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    loss_weighting: str = "mse"
+    min_snr_gamma: float = 5.0
+    prediction: str = "epsilon"
+    noise_offset: float = 0.0
+    input_perturbation: float = 0.0
+
+    def betas(self, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+        betas = betas_for(self.beta_schedule, T, beta_start, beta_end)
+        return rescale_zero_terminal_snr(betas) if self.zero_terminal_snr else betas
+
+    def sample(self, n: int, snr_t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.timestep_sampling == "logit_normal":
+            return sample_timesteps("logit_normal", n, snr_t, generator, logit_mean=self.logit_mean,
+                                    logit_std=self.logit_std)
+        options = {"snr": {"snr_power": self.snr_power}, "high_noise": {"split": self.split},
+                   "low_noise": {"split": self.split}, "range": {"t_min": self.t_min, "t_max": self.t_max}}
+        return sample_timesteps(self.timestep_sampling, n, snr_t, generator,
+                                **options.get(self.timestep_sampling, {}))
+
+    def weights(self, snr_t: torch.Tensor) -> torch.Tensor:
+        return loss_weight(self.loss_weighting, snr_t, self.prediction, self.min_snr_gamma)

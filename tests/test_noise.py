@@ -136,3 +136,29 @@ def test_v_target_and_noise_tweaks():
 def test_bad_choices_are_named(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_noise_strategy_node_builds_the_strategy_and_samples_as_configured():
+    from loralab.nodes.train import LoRALabNoiseStrategy
+
+    (strategy,) = LoRALabNoiseStrategy().build("linear", "high_noise", "min_snr", "epsilon", split=800,
+                                               zero_terminal_snr=True)
+    betas = strategy.betas()
+    assert noise.alphas_cumprod(betas)[-1] < 1e-12
+    torch.testing.assert_close(betas, noise.rescale_zero_terminal_snr(noise.betas_for("linear")))
+    snr_t = noise.snr(noise.alphas_cumprod(noise.betas_for("linear")))
+    assert strategy.sample(5000, snr_t, torch.Generator().manual_seed(0)).min() >= 800
+    torch.testing.assert_close(strategy.weights(snr_t), noise.loss_weight("min_snr", snr_t))
+    with pytest.raises(ValueError, match=r"t_min \(900\) is above t_max \(100\)"):
+        LoRALabNoiseStrategy().build("linear", "range", "mse", "epsilon", t_min=900, t_max=100)
+
+
+def test_lora_config_node_checks_what_would_train_nothing():
+    from loralab.nodes.train import LoRALabLoRAConfig
+
+    (config,) = LoRALabLoRAConfig().build(16, 32.0, "custom", custom_modules="to_q, to_v", text_encoder_rank=4)
+    assert config.custom_modules == ("to_q", "to_v") and config.scale == 2.0 and config.text_encoder_rank == 4
+    with pytest.raises(ValueError, match="needs module names"):
+        LoRALabLoRAConfig().build(8, 8.0, "custom")
+    with pytest.raises(ValueError, match="nothing to train"):
+        LoRALabLoRAConfig().build(8, 8.0, "attention", train_unet=False)

@@ -1,0 +1,7 @@
+"""Choice lists that node declarations show at ComfyUI start-up, kept apart from the modules that
+implement them so that declaring a node imports no torch."""
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
+TIMESTEP_SAMPLERS = ("uniform", "snr", "high_noise", "low_noise", "range", "logit_normal")
+LOSS_WEIGHTS = ("mse", "snr", "min_snr", "debiased")
+PREDICTIONS = ("epsilon", "v_prediction")

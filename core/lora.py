@@ -1,0 +1,84 @@
+"""``LL_LORA_CONFIG``: which modules get LoRA adapters, with what rank, alpha and variant.
+
+Target presets name diffusers/transformers module paths; :func:`resolve_targets` turns a preset
+into the exact list of module names of a given model, which peft then wraps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+UNET_PRESETS = ("attention", "attention+ff", "all_linear", "all_linear+conv", "custom")
+INITS = ("kaiming", "gaussian")  # peft: init_lora_weights=True (Kaiming-uniform A, zero B) / "gaussian"
+VARIANTS = ("lora", "dora", "rslora")
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+FEED_FORWARD = ("ff.net.0.proj", "ff.net.2")
+TEXT_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+TEXT_MLP = ("fc1", "fc2")
+
+
+@dataclass(frozen=True)
+class LoRAConfigSpec:
+    rank: int = 8
+    alpha: float = 8.0
+    targets: str = "attention"
+    custom_modules: tuple[str, ...] = ()
+    text_encoder_rank: int = 0  # 0 = no text-encoder LoRA
+    text_encoder_alpha: float = 0.0  # 0 = same as the rank
+    train_unet: bool = True
+    init: str = "kaiming"
+    dropout: float = 0.0
+    variant: str = "lora"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        """The factor the update B·A is multiplied by: α/r, or α/√r for rsLoRA (Kalajdzievski 2023)."""
+        return self.alpha / (self.rank**0.5 if self.variant == "rslora" else self.rank)
+
+
+def _matches(name: str, suffixes) -> bool:
+    return any(name == s or name.endswith("." + s) for s in suffixes)
+
+
+def resolve_targets(model, preset: str, custom: tuple[str, ...] = (), text_encoder: bool = False) -> list[str]:
+    """Full module names of ``model`` that the preset selects (sorted). Raises when nothing matches,
+    naming what would have been valid."""
+    import torch.nn as nn
+
+    if preset not in UNET_PRESETS:
+        raise ValueError(f"target preset {preset!r} is not one of {', '.join(UNET_PRESETS)}")
+    modules = dict(model.named_modules())
+    linear = {n for n, m in modules.items() if isinstance(m, nn.Linear)}
+    conv = {n for n, m in modules.items() if isinstance(m, nn.Conv2d)}
+    if preset == "custom":
+        chosen = {n for n in linear | conv if _matches(n, custom)}
+    elif text_encoder:
+        names = TEXT_ATTENTION if preset == "attention" else TEXT_ATTENTION + TEXT_MLP
+        chosen = {n for n in linear if _matches(n, names)}
+    elif preset == "attention":
+        chosen = {n for n in linear if _matches(n, ATTENTION)}
+    elif preset == "attention+ff":
+        chosen = {n for n in linear if _matches(n, ATTENTION + FEED_FORWARD)}
+    else:
+        chosen = linear | (conv if preset == "all_linear+conv" else set())
+    if not chosen:
+        raise ValueError(f"target modules {list(custom) if preset == 'custom' else preset!r} match no Linear or "
+                         f"Conv2d module of {type(model).__name__}; e.g. {', '.join(sorted(linear)[:4])}")
+    return sorted(chosen)
+
+
+def lora_parameter_count(model, targets: list[str], rank: int) -> int:
+    """Trainable parameters of plain LoRA on ``targets``: r·(in + out) per Linear, r·(in·k·k + out)
+    per Conv2d (A is a k×k conv to r channels, B a 1×1 conv back)."""
+    import torch.nn as nn
+
+    modules = dict(model.named_modules())
+    total = 0
+    for name in targets:
+        m = modules[name]
+        if isinstance(m, nn.Linear):
+            total += rank * (m.in_features + m.out_features)
+        else:
+            total += rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
+    return total

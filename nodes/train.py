@@ -1,0 +1,117 @@
+"""Training configuration nodes (the trainer itself comes with the Train LoRA node)."""
+
+from ..core.choices import BETA_SCHEDULES, LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLERS
+from ..core.lora import INITS, UNET_PRESETS, VARIANTS
+
+
+class LoRALabNoiseStrategy:
+    DESCRIPTION = ("How training noises the latents and weighs the loss: beta schedule, timestep "
+                   "sampling, loss weighting, prediction type, noise offset, input perturbation, "
+                   "zero-terminal-SNR. The seeds' noise-strategy experiments are combinations of these.")
+    CATEGORY = "LoRA Lab/train"
+    RETURN_TYPES = ("LL_NOISE",)
+    RETURN_NAMES = ("noise",)
+    OUTPUT_TOOLTIPS = ("The noise strategy for Train LoRA.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "beta_schedule": (list(BETA_SCHEDULES), {"default": "scaled_linear", "tooltip":
+                              "linear; scaled_linear (SD's own, the seeds' 'quadratic'); cosine. A "
+                              "pretrained SD model learned scaled_linear: another schedule changes "
+                              "what each timestep means to it."}),
+            "timestep_sampling": (list(TIMESTEP_SAMPLERS), {"default": "uniform", "tooltip":
+                                  "uniform; snr: p(t) proportional to SNR(t)^snr_power (favours low "
+                                  "noise / detail); high_noise: t >= split; low_noise: t < split; "
+                                  "range: t_min..t_max; logit_normal: t = T*sigmoid(N(mean, std))."}),
+            "loss_weighting": (list(LOSS_WEIGHTS), {"default": "mse", "tooltip":
+                               "mse: plain; snr: SNR/(1+SNR); min_snr: min(SNR, gamma)/SNR "
+                               "(v: /(SNR+1), Hang et al. 2023); debiased: 1/sqrt(SNR) (kohya)."}),
+            "prediction": (list(PREDICTIONS), {"default": "epsilon", "tooltip":
+                           "What the model predicts: epsilon (SD1.x/SDXL) or v (v-prediction)."}),
+        }, "optional": {
+            "snr_power": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
+                          "k of the snr sampler; 0.25 puts the median near t = 270 on SD's schedule."}),
+            "split": ("INT", {"default": 500, "min": 1, "max": 999, "tooltip":
+                      "Boundary of high_noise (t >= split) and low_noise (t < split)."}),
+            "t_min": ("INT", {"default": 0, "min": 0, "max": 999, "tooltip": "First timestep of 'range'."}),
+            "t_max": ("INT", {"default": 999, "min": 0, "max": 999, "tooltip": "Last timestep of 'range'."}),
+            "logit_mean": ("FLOAT", {"default": 0.0, "min": -5.0, "max": 5.0, "step": 0.1,
+                                     "tooltip": "Mean of logit_normal (0 = centred on t = 500)."}),
+            "logit_std": ("FLOAT", {"default": 1.0, "min": 0.1, "max": 5.0, "step": 0.1,
+                                    "tooltip": "Spread of logit_normal."}),
+            "min_snr_gamma": ("FLOAT", {"default": 5.0, "min": 0.1, "max": 100.0, "step": 0.1,
+                                        "tooltip": "gamma of min_snr (5 is the paper's default)."}),
+            "noise_offset": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                             "Adds offset*N(0,1) per channel to the noise (darker darks, brighter "
+                             "brights); 0.05-0.1 is common."}),
+            "input_perturbation": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                   "Perturbs the noise that builds x_t (not the target); 0.1 in Ning et al."}),
+            "zero_terminal_snr": ("BOOLEAN", {"default": False, "tooltip":
+                                  "Rescale betas so the last step is pure noise (Lin et al. 2023); "
+                                  "best with v prediction."}),
+        }}
+
+    def build(self, beta_schedule, timestep_sampling, loss_weighting, prediction, **options):
+        from ..core.noise import NoiseStrategy
+
+        if timestep_sampling == "range" and options.get("t_min", 0) > options.get("t_max", 999):
+            raise ValueError(f"LoRA Lab: Noise Strategy: t_min ({options['t_min']}) is above t_max "
+                             f"({options['t_max']})")
+        return (NoiseStrategy(beta_schedule=beta_schedule, timestep_sampling=timestep_sampling,
+                              loss_weighting=loss_weighting, prediction=prediction, **options),)
+
+
+class LoRALabLoRAConfig:
+    DESCRIPTION = ("LoRA settings: rank and alpha (the update is scaled by alpha/rank), which UNet "
+                   "modules get adapters, an optional text-encoder LoRA with its own rank, init, "
+                   "dropout, and the DoRA / rsLoRA variants (via peft).")
+    CATEGORY = "LoRA Lab/train"
+    RETURN_TYPES = ("LL_LORA_CONFIG",)
+    RETURN_NAMES = ("lora_config",)
+    OUTPUT_TOOLTIPS = ("The LoRA configuration for Train LoRA.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "rank": ("INT", {"default": 8, "min": 1, "max": 512, "tooltip": "LoRA rank r."}),
+            "alpha": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 1024.0, "step": 0.01, "tooltip":
+                      "LoRA alpha; the update is scaled by alpha/rank (seed 002: alpha = 2*rank; "
+                      "kohya's default 1; ComfyUI's trainer fixes 1)."}),
+            "targets": (list(UNET_PRESETS), {"default": "attention", "tooltip":
+                        "attention = to_q/to_k/to_v/to_out.0; attention+ff adds ff.net.0.proj and "
+                        "ff.net.2 (seed 002); all_linear; all_linear+conv (LoCon); custom = the list below."}),
+        }, "optional": {
+            "custom_modules": ("STRING", {"default": "", "tooltip":
+                               "For targets = custom: module name suffixes, comma-separated (e.g. to_q, to_v)."}),
+            "train_unet": ("BOOLEAN", {"default": True, "tooltip": "Off = a text-encoder-only LoRA (seed 003)."}),
+            "text_encoder_rank": ("INT", {"default": 0, "min": 0, "max": 512, "tooltip":
+                                  "Rank of a text-encoder LoRA on q/k/v/out projections; 0 = none."}),
+            "text_encoder_alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.01,
+                                             "tooltip": "Its alpha; 0 = equal to its rank."}),
+            "init": (list(INITS), {"default": "kaiming", "tooltip": "kaiming: Kaiming-uniform A, zero B "
+                                   "(the LoRA paper); gaussian: Gaussian A, zero B."}),
+            "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01,
+                                  "tooltip": "Dropout on the LoRA branch input."}),
+            "variant": (list(VARIANTS), {"default": "lora", "tooltip":
+                        "lora; dora (weight-decomposed, Liu et al. 2024); rslora (scale alpha/sqrt(rank))."}),
+        }}
+
+    def build(self, rank, alpha, targets, custom_modules="", train_unet=True, text_encoder_rank=0,
+              text_encoder_alpha=0.0, init="kaiming", dropout=0.0, variant="lora"):
+        from ..core.lora import LoRAConfigSpec
+
+        custom = tuple(m.strip() for m in custom_modules.split(",") if m.strip())
+        if targets == "custom" and not custom:
+            raise ValueError("LoRA Lab: LoRA Config: targets = 'custom' needs module names in 'custom_modules'")
+        if not train_unet and text_encoder_rank == 0:
+            raise ValueError("LoRA Lab: LoRA Config: nothing to train (train_unet is off and text_encoder_rank is 0)")
+        return (LoRAConfigSpec(rank, alpha, targets, custom, text_encoder_rank, text_encoder_alpha, train_unet,
+                               init, dropout, variant),)
+
+
+NODE_CLASS_MAPPINGS = {"LoRALabNoiseStrategy": LoRALabNoiseStrategy, "LoRALabLoRAConfig": LoRALabLoRAConfig}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabNoiseStrategy": "LoRA Lab: Noise Strategy",
+                              "LoRALabLoRAConfig": "LoRA Lab: LoRA Config"}
