@@ -1,0 +1,262 @@
+"""LoRA training on cached latents and text embeddings, with exact resume.
+
+The loop: sample timesteps and noise by the noise strategy, predict with the UNet carrying peft
+LoRA adapters, weighted MSE against ε or v, AdamW (or another torch optimizer), a diffusers LR
+schedule, real gradient clipping (a list of parameters, not a spent generator as in diffusers'
+example script), atomic checkpoints holding everything a resume needs (adapter weights, optimizer,
+LR schedule, RNG states, data order, step).
+
+ComfyUI runs nodes inside ``torch.inference_mode()``; training leaves it explicitly and clones
+upstream tensors, which may be inference tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .lora import LoRAConfigSpec, resolve_targets
+from .measure import measure
+from .noise import NoiseStrategy, alphas_cumprod, offset_noise, perturb_input_noise, snr, target_for
+from .runtime import check_interrupted
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """``LL_TRAIN_CONFIG``."""
+
+    steps: int = 100
+    batch_size: int = 1
+    grad_accum: int = 1
+    optimizer: str = "adamw"
+    lr: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 1e-2
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    seed: int = 0
+    checkpoint_every: int = 0  # 0 = only at the end
+
+
+@dataclass
+class TrainingData:
+    """Cached VAE latents (already scaled) and text-encoder hidden states, one per example."""
+
+    latents: torch.Tensor
+    embeddings: torch.Tensor
+    captions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    """What Train LoRA hands on (``LL_LORA`` carries it)."""
+
+    unet_state: dict[str, torch.Tensor]  # peft names: "<module>.lora_A.weight" / ".lora_B.weight"
+    targets: list[str]
+    config: LoRAConfigSpec
+    losses: list[float]
+    lrs: list[float]
+    seconds: float
+    peak_memory_mb: float
+    trainable_parameters: int
+    step: int
+    metadata: dict = field(default_factory=dict)
+
+
+@torch.no_grad()
+def encode_dataset(pipe, images: torch.Tensor, captions: list[str]) -> TrainingData:
+    """Encode ComfyUI images ``[N,H,W,3]`` in 0..1 and their captions once (latent caching).
+    The VAE posterior's mean is used, so the cache is deterministic."""
+    device, dtype = pipe.unet.device, pipe.vae.dtype
+    pixels = images.permute(0, 3, 1, 2).to(device, dtype) * 2 - 1
+    latents = torch.cat([pipe.vae.encode(pixels[i:i + 1]).latent_dist.mean for i in range(len(pixels))])
+    latents = latents * pipe.vae.config.scaling_factor
+    tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(device)
+    embeddings = pipe.text_encoder(tokens)[0]
+    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions))
+
+
+def _optimizer(params, spec: TrainSpec):
+    if spec.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), weight_decay=spec.weight_decay)
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.beta1, weight_decay=spec.weight_decay)
+    raise ValueError(f"optimizer {spec.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+def _lr_schedule(optimizer, spec: TrainSpec):
+    from diffusers.optimization import get_scheduler
+
+    if spec.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule {spec.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    name = "constant_with_warmup" if spec.lr_schedule == "constant" else spec.lr_schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=spec.steps)
+
+
+def _peft_config(lcfg: LoRAConfigSpec, targets: list[str]):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, target_modules=targets, lora_dropout=lcfg.dropout,
+                      init_lora_weights=True if lcfg.init == "kaiming" else "gaussian",
+                      use_dora=lcfg.variant == "dora", use_rslora=lcfg.variant == "rslora")
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+class _Batches:
+    """Shuffled example indices, epoch after epoch, from a seeded generator (resumable)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        batch = []
+        while len(batch) < self.batch_size:
+            if not self.order:
+                self.order = torch.randperm(self.n, generator=self.generator).tolist()
+            batch.append(self.order.pop(0))
+        return batch
+
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
+
+    def load(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].tolist()
+
+
+def _save_checkpoint(folder: Path, step: int, unet, optimizer, schedule, batches, noise_gen, losses, lrs) -> None:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".checkpoint."))
+    try:
+        save_file({k: v.contiguous() for k, v in lora_state(unet).items()}, tmp / "adapter.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                    "batches": batches.state(), "noise_generator": noise_gen.get_state(),
+                    "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
+                    "lrs": torch.tensor(lrs, dtype=torch.float64)}, tmp / "state.pt")
+        target = folder / f"checkpoint-{step:07d}"
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+        _write_latest(folder, target.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_latest(folder: Path, name: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".latest.")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"checkpoint": name}))
+    os.replace(tmp, folder / "latest.json")
+
+
+def latest_checkpoint(folder: Path | None) -> Path | None:
+    if folder is None or not (folder / "latest.json").is_file():
+        return None
+    name = json.loads((folder / "latest.json").read_text())["checkpoint"]
+    path = folder / name
+    return path if (path / "state.pt").is_file() and (path / "adapter.safetensors").is_file() else None
+
+
+def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec,
+               checkpoint_dir: Path | None = None, progress=None) -> TrainResult:
+    """Train a UNet LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
+    The pipeline's own UNet is not modified (training runs on a copy)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress)
+
+
+def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResult:
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    device = pipe.unet.device
+    unet = copy.deepcopy(pipe.unet).float().train()
+    unet.requires_grad_(False)
+    targets = resolve_targets(unet, lcfg.targets, lcfg.custom_modules)
+    torch.manual_seed(spec.seed)  # peft draws the LoRA A init from the global generator
+    inject_adapter_in_model(_peft_config(lcfg, targets), unet)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = _optimizer(params, spec)
+    schedule = _lr_schedule(optimizer, spec)
+    batches = _Batches(len(data.latents), spec.batch_size, spec.seed)
+    noise_gen = torch.Generator().manual_seed(spec.seed + 1)
+    alpha_bar = alphas_cumprod(noise.betas())
+    snr_t = snr(alpha_bar)
+    latents, embeddings = data.latents.clone().to(device), data.embeddings.clone().to(device)
+    step, losses, lrs = 0, [], []
+    resume = latest_checkpoint(checkpoint_dir)
+    if resume is not None:
+        state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
+        weights = {k.replace(".default", ""): v for k, v in load_file(resume / "adapter.safetensors").items()}
+        set_peft_model_state_dict(unet, weights)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        batches.load(state["batches"])
+        noise_gen.set_state(state["noise_generator"])
+        step, losses, lrs = state["step"], state["losses"].tolist(), state["lrs"].tolist()
+    start = time.perf_counter()
+    with measure(device) as cost:
+        while step < spec.steps:
+            check_interrupted()
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(spec.grad_accum):
+                index = batches.next()
+                x0, cond = latents[index], embeddings[index]
+                t = noise.sample(len(index), snr_t, noise_gen)
+                eps = offset_noise(x0.shape, noise_gen, noise.noise_offset).to(device)
+                eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
+                a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
+                noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
+                pred = unet(noisy, t.to(device), encoder_hidden_states=cond).sample
+                target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
+                per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+                loss = (per_sample * noise.weights(snr_t[t]).to(device, torch.float32)).mean() / spec.grad_accum
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss.item()} at step {step + 1}; stopping. The last good checkpoint "
+                        f"(if any) is in {checkpoint_dir}. Try a lower learning rate or fp32.")
+                loss.backward()
+                total += loss.item()
+            if spec.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+            optimizer.step()
+            lrs.append(schedule.get_last_lr()[0])
+            schedule.step()
+            losses.append(total)
+            step += 1
+            if checkpoint_dir is not None and (step == spec.steps or
+                                               (spec.checkpoint_every and step % spec.checkpoint_every == 0)):
+                _save_checkpoint(checkpoint_dir, step, unet, optimizer, schedule, batches, noise_gen, losses, lrs)
+            if progress is not None:
+                progress(step, total)
+    state = {k.replace(".default", ""): v for k, v in lora_state(unet).items()}
+    return TrainResult(state, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
+                       sum(p.numel() for p in params), step,
+                       {"noise": asdict(noise), "train": asdict(spec), "lora": asdict(lcfg)})

@@ -1,0 +1,84 @@
+"""LoRA training on the embedded model: it learns, deterministically, and resumes exactly."""
+
+import pytest
+import torch
+
+from loralab.core.lora import LoRAConfigSpec
+from loralab.core.noise import NoiseStrategy
+from loralab.core.train import TrainSpec, encode_dataset, train_lora
+
+CAPTIONS = ["a red square", "a blue circle", "a green stripe", "a yellow dot"]
+
+
+@pytest.fixture(scope="module")
+def data(tiny):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 32, 32, 3, generator=g)
+    return encode_dataset(tiny.pipe, images, CAPTIONS)
+
+
+LORA = LoRAConfigSpec(rank=4, alpha=4.0, targets="all_linear+conv")
+SPEC = TrainSpec(steps=60, batch_size=4, lr=3e-3, seed=7)
+
+
+def test_a_lora_overfits_four_examples(tiny, data):
+    result = train_lora(tiny.pipe, data, NoiseStrategy(timestep_sampling="range", t_min=0, t_max=400), LORA, SPEC)
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    print(f"loss {first:.4f} -> {last:.4f}")
+    assert last < 0.5 * first, (first, last)
+    assert result.step == 60 and len(result.lrs) == 60 and result.trainable_parameters > 0
+    assert all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in result.unet_state)
+
+
+def test_training_is_bit_identical_for_a_seed_and_leaves_the_pipeline_alone(tiny, data):
+    before = {k: v.clone() for k, v in tiny.pipe.unet.state_dict().items()}
+    spec = TrainSpec(steps=5, batch_size=2, lr=1e-3, seed=3)
+    a = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
+    b = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
+    assert a.unet_state.keys() == b.unet_state.keys()
+    assert all(torch.equal(a.unet_state[k], b.unet_state[k]) for k in a.unet_state)
+    c = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=5, batch_size=2, lr=1e-3, seed=4))
+    assert any(not torch.equal(a.unet_state[k], c.unet_state[k]) for k in a.unet_state)
+    after = tiny.pipe.unet.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_resume_equals_training_straight_through(tiny, data, tmp_path):
+    noise = NoiseStrategy(timestep_sampling="logit_normal", loss_weighting="min_snr", noise_offset=0.05)
+    spec = TrainSpec(steps=8, batch_size=3, lr=1e-3, lr_schedule="cosine", warmup_steps=2, seed=11)
+    straight = train_lora(tiny.pipe, data, noise, LORA, spec)
+    half = TrainSpec(**{**spec.__dict__, "checkpoint_every": 4})
+    with pytest.raises(KeyboardInterrupt):
+        def stop_after_4(step, loss):
+            if step == 4:
+                raise KeyboardInterrupt
+        train_lora(tiny.pipe, data, noise, LORA, half, checkpoint_dir=tmp_path, progress=stop_after_4)
+    assert (tmp_path / "checkpoint-0000004" / "adapter.safetensors").is_file()
+    steps_run = []
+    resumed = train_lora(tiny.pipe, data, noise, LORA, half, checkpoint_dir=tmp_path,
+                         progress=lambda step, loss: steps_run.append(step))
+    assert steps_run == [5, 6, 7, 8], "the resume starts from the step-4 checkpoint"
+    assert resumed.step == 8 and resumed.losses == straight.losses and resumed.lrs == straight.lrs
+    assert all(torch.equal(resumed.unet_state[k], straight.unet_state[k]) for k in straight.unet_state)
+
+
+def test_gradient_clipping_really_clips(tiny, data, monkeypatch):
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        params = list(params)
+        seen.append(len(params))
+        norm = real(params, max_norm, *a, **k)
+        after = torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        assert after <= max_norm * 1.0001
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=2, lr=1.0, max_grad_norm=1e-3))
+    assert seen and all(n > 0 for n in seen)
+
+
+def test_a_non_finite_loss_stops_with_a_clear_message(tiny, data):
+    with pytest.raises(FloatingPointError, match="loss became"):
+        train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=30, lr=1e12, max_grad_norm=0))
