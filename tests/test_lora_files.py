@@ -1,0 +1,71 @@
+"""Kohya-layout LoRA files: key names, alpha as trained, and loading through diffusers."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from safetensors import safe_open
+
+from loralab.core.lora import resolve_targets
+from loralab.core.lora_files import delta_weights, kohya_metadata, save_lora_file, to_kohya
+
+
+def random_lora(model, targets, rank, seed=0):
+    wrapped = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets),
+                                      copy.deepcopy(model))
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, p in wrapped.named_parameters():
+        if "lora_" in name:
+            state[name.replace(".default", "")] = torch.randn(p.shape, generator=g) * 0.1
+    return state
+
+
+def test_unet_and_text_encoder_keys_follow_the_sd15_kohya_layout(tiny):
+    unet_state = random_lora(tiny.pipe.unet, resolve_targets(tiny.pipe.unet, "attention"), 4)
+    te_state = random_lora(tiny.pipe.text_encoder, resolve_targets(tiny.pipe.text_encoder, "attention",
+                                                                   text_encoder=True), 4)
+    keys = set(to_kohya(unet_state, 8.0)) | set(to_kohya(te_state, 8.0, "lora_te"))
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
+    assert "lora_unet_up_blocks_1_attentions_0_transformer_blocks_0_attn2_to_out_0.alpha" in keys
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in keys
+    assert not any(k.startswith("lora_te_encoder") for k in keys)
+    kohya = to_kohya(unet_state, 8.0)
+    assert {float(v) for k, v in kohya.items() if k.endswith(".alpha")} == {8.0}
+
+
+def test_a_saved_file_loads_in_diffusers_and_applies_alpha_over_rank(tiny, tmp_path):
+    targets = resolve_targets(tiny.pipe.unet, "attention")
+    state = random_lora(tiny.pipe.unet, targets, 4, seed=1)
+    kohya = to_kohya(state, alpha=2.0)
+    path = save_lora_file(kohya, kohya_metadata(4, 2.0, "sd1", {"loralab_noise": {"beta": "linear"}}),
+                          tmp_path / "x.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2.0"
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["loralab_noise"] == '{"beta": "linear"}'
+    pipe = copy.deepcopy(tiny.pipe)
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    base = dict(pipe.unet.named_modules())[name].weight.detach().clone()
+    pipe.load_lora_weights(str(path), adapter_name="x")
+    pipe.fuse_lora(lora_scale=1.0)
+    fused = dict(pipe.unet.named_modules())[name].base_layer.weight if hasattr(
+        dict(pipe.unet.named_modules())[name], "base_layer") else dict(pipe.unet.named_modules())[name].weight
+    expected = base + delta_weights(kohya)["lora_unet_" + name.replace(".", "_")]
+    torch.testing.assert_close(fused.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_conv_deltas_match_the_composed_convolutions():
+    down, up = torch.randn(3, 5, 3, 3), torch.randn(7, 3, 1, 1)
+    kohya = {"m.lora_down.weight": down, "m.lora_up.weight": up, "m.alpha": torch.tensor(3.0)}
+    x = torch.randn(1, 5, 9, 9)
+    composed = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, down, padding=1), up)
+    merged = torch.nn.functional.conv2d(x, delta_weights(kohya)["m"], padding=1)
+    torch.testing.assert_close(merged, composed, atol=1e-4, rtol=1e-4)
+
+
+def test_incomplete_pairs_are_refused():
+    with pytest.raises(ValueError, match="lack lora_A or lora_B"):
+        to_kohya({"a.lora_A.weight": torch.zeros(1, 1)}, 1.0)
