@@ -88,3 +88,46 @@ def delta_weights(kohya: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             delta = up @ down
         deltas[name] = delta * (alpha / rank)
     return deltas
+
+
+def module_index(pipe) -> dict[str, tuple[object, str]]:
+    """kohya name -> (component, module path) for every Linear/Conv2d LoRA could target."""
+    import torch.nn as nn
+
+    index = {}
+    prefixes = [("unet", "lora_unet")]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        prefixes += [("text_encoder", "lora_te1"), ("text_encoder_2", "lora_te2")]
+    else:
+        prefixes += [("text_encoder", "lora_te")]
+    for component, prefix in prefixes:
+        model = getattr(pipe, component)
+        for path, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                index[kohya_name(path, prefix)] = (component, path)
+    return index
+
+
+def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text_strength: float):
+    """A pipeline whose touched components are copies with W + strength·ΔW merged in (the
+    original pipeline, shared with other nodes, is left alone). Returns (pipe, unmatched names)."""
+    import copy
+
+    deltas = delta_weights(kohya)
+    index = module_index(pipe)
+    touched = {index[name][0] for name in deltas if name in index}
+    new = copy.copy(pipe)
+    for component in touched:
+        setattr(new, component, copy.deepcopy(getattr(pipe, component)))
+    modules = {c: dict(getattr(new, c).named_modules()) for c in touched}
+    unmatched = []
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            if name not in index:
+                unmatched.append(name)
+                continue
+            component, path = index[name]
+            strength = unet_strength if component == "unet" else text_strength
+            weight = modules[component][path].weight
+            weight += (strength * delta).reshape(weight.shape).to(weight.dtype)
+    return new, unmatched

@@ -23,13 +23,11 @@ from pathlib import Path
 
 import torch
 
+from .choices import LR_SCHEDULES, OPTIMIZERS
 from .lora import LoRAConfigSpec, resolve_targets
 from .measure import measure
 from .noise import NoiseStrategy, alphas_cumprod, offset_noise, perturb_input_noise, snr, target_for
 from .runtime import check_interrupted
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,20 @@ class _Batches:
         self.order = state["order"].tolist()
 
 
-def _save_checkpoint(folder: Path, step: int, unet, optimizer, schedule, batches, noise_gen, losses, lrs) -> None:
+def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec) -> str:
+    """What a checkpoint must match to be resumed: the data and every setting but checkpoint_every."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for tensor in (data.latents, data.embeddings):
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    settings = {"noise": asdict(noise), "lora": asdict(lcfg), "train": {**asdict(spec), "checkpoint_every": None}}
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _save_checkpoint(folder: Path, step: int, unet, optimizer, schedule, batches, noise_gen, losses, lrs,
+                     signature: str) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,7 +166,7 @@ def _save_checkpoint(folder: Path, step: int, unet, optimizer, schedule, batches
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "batches": batches.state(), "noise_generator": noise_gen.get_state(),
                     "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
-                    "lrs": torch.tensor(lrs, dtype=torch.float64)}, tmp / "state.pt")
+                    "lrs": torch.tensor(lrs, dtype=torch.float64), "signature": signature}, tmp / "state.pt")
         target = folder / f"checkpoint-{step:07d}"
         if target.exists():
             shutil.rmtree(target)
@@ -210,9 +221,13 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
     snr_t = snr(alpha_bar)
     latents, embeddings = data.latents.clone().to(device), data.embeddings.clone().to(device)
     step, losses, lrs = 0, [], []
+    signature = run_signature(data, noise, lcfg, spec)
     resume = latest_checkpoint(checkpoint_dir)
     if resume is not None:
         state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
+        if state.get("signature") != signature:
+            raise ValueError(f"checkpoint folder {str(checkpoint_dir)!r} holds a run with other data or settings; "
+                             "use another run name to start afresh, or delete that folder")
         weights = {k.replace(".default", ""): v for k, v in load_file(resume / "adapter.safetensors").items()}
         set_peft_model_state_dict(unet, weights)
         optimizer.load_state_dict(state["optimizer"])
@@ -253,10 +268,38 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
             step += 1
             if checkpoint_dir is not None and (step == spec.steps or
                                                (spec.checkpoint_every and step % spec.checkpoint_every == 0)):
-                _save_checkpoint(checkpoint_dir, step, unet, optimizer, schedule, batches, noise_gen, losses, lrs)
+                _save_checkpoint(checkpoint_dir, step, unet, optimizer, schedule, batches, noise_gen, losses, lrs,
+                                 signature)
             if progress is not None:
                 progress(step, total)
     state = {k.replace(".default", ""): v for k, v in lora_state(unet).items()}
     return TrainResult(state, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
                        sum(p.numel() for p in params), step,
                        {"noise": asdict(noise), "train": asdict(spec), "lora": asdict(lcfg)})
+
+
+def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: NoiseStrategy, lcfg: LoRAConfigSpec,
+                      spec: TrainSpec, checkpoint_dir: Path | None = None, name: str = "lora"):
+    """Encode, train and package as an ``LL_LORA`` (kohya tensors + training record)."""
+    from .lab_lora import LabLoRA
+    from .lora_files import kohya_metadata, to_kohya
+    from .runtime import progress
+
+    if lcfg.text_encoder_rank or not lcfg.train_unet:
+        raise NotImplementedError("text-encoder LoRA training is not available yet; set text_encoder_rank "
+                                  "to 0 and train_unet on")
+    if len(captions) not in (1, len(images)):
+        raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
+                         "images or one per image")
+    captions = captions * len(images) if len(captions) == 1 else captions
+    with torch.inference_mode(False):
+        data = encode_dataset(lp.pipe, images.clone(), captions)
+    with progress(spec.steps, "train") as bar:
+        result = train_lora(lp.pipe, data, noise, lcfg, spec, checkpoint_dir,
+                            progress=lambda step, loss: bar.update(1))
+    meta = kohya_metadata(lcfg.rank, lcfg.alpha, lp.family, {
+        "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
+        "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],
+        "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets})
+    return LabLoRA(to_kohya(result.unet_state, lcfg.alpha), lcfg.rank, lcfg.alpha, lp.family, name, meta,
+                   result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters)

@@ -293,3 +293,22 @@ def test_unchanged_nodes_are_served_from_the_cache_and_is_changed_can_force_a_re
     Counting.changed = float("nan")  # NaN never equals itself: always run
     assert executor.run(prompt, order).executed == ["1", "2"]
     assert executor.run(prompt, order).executed == ["1", "2"]
+
+
+def test_training_workflow_trains_saves_and_renders_before_and_after(tmp_path):
+    path = QUICKSTART.with_name("train_lora.json")
+    fast = ["--set", "Train Config.steps=6", "--set", "Train Config.checkpoint_every=3"]
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
+    out = tmp_path / "out"
+    assert len(list((out / "loras").glob("tiny-style_*_.safetensors"))) == 1
+    assert len(list((out / "train_lora").glob("before_*.png"))) == 2
+    assert len(list((out / "train_lora").glob("after_*.png"))) == 2
+    assert (out / "loralab_checkpoints" / "tiny-style" / "checkpoint-0000006" / "state.pt").is_file()
+
+
+def test_train_ui_twin_is_in_sync():
+    from loralab.headless.convert import ui_to_api
+
+    twin = json.loads(QUICKSTART.with_name("train_lora.ui.json").read_text())
+    api = json.loads(QUICKSTART.with_name("train_lora.json").read_text())
+    assert ui_to_api(twin, loralab.NODE_CLASS_MAPPINGS, loralab.NODE_DISPLAY_NAME_MAPPINGS) == api

@@ -82,3 +82,34 @@ def test_gradient_clipping_really_clips(tiny, data, monkeypatch):
 def test_a_non_finite_loss_stops_with_a_clear_message(tiny, data):
     with pytest.raises(FloatingPointError, match="loss became"):
         train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=30, lr=1e12, max_grad_norm=0))
+
+
+def test_a_checkpoint_of_other_settings_is_not_resumed(tiny, data, tmp_path):
+    train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=2, seed=1), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="holds a run with other data or settings"):
+        train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=2, seed=1, lr=5e-4), checkpoint_dir=tmp_path)
+
+
+def test_train_apply_and_save_nodes(tiny, data, output_dir):
+    from safetensors import safe_open
+
+    from loralab.core.generate import GenerateSettings, generate
+    from loralab.core.prompts import Prompt
+    from loralab.core.samplers import SamplerSpec
+    from loralab.nodes.lora import LoRALabApplyLoRA, LoRALabSaveLoRA, LoRALabTrainLoRA
+
+    images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(5))
+    lora, applied, cost = LoRALabTrainLoRA().train(tiny, images, "a sks photo", NoiseStrategy(),
+                                                   LORA, TrainSpec(steps=20, batch_size=2, lr=1e-2), "t1")
+    assert cost.rows[0]["trainable_parameters"] == lora.trainable_parameters > 0
+    settings = GenerateSettings(steps=4, seed=2, width=32, height=32)
+    base, _ = generate(tiny, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    with_lora, _ = generate(applied, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    (zero,) = LoRALabApplyLoRA().apply(tiny, lora, 0.0, 0.0)
+    at_zero, _ = generate(zero, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    assert (with_lora - base).abs().max() > 1e-3
+    assert torch.equal(at_zero, base)
+    ui = LoRALabSaveLoRA().save(lora, "loras/t1")["ui"]["text"][0]
+    with safe_open(ui, "pt") as f:
+        assert f.metadata()["ss_network_dim"] == "4" and any(k.endswith(".alpha") for k in f.keys())
+    assert lora.file_size_bytes > 0

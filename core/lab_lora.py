@@ -1,0 +1,27 @@
+"""``LL_LORA``: a trained or loaded adapter with its metadata and training record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LabLoRA:
+    tensors: dict[str, torch.Tensor]  # kohya keys
+    rank: int
+    alpha: float
+    family: str
+    name: str = "lora"
+    metadata: dict = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+    trainable_parameters: int = 0
+    file_size_bytes: int = 0
+
+    @property
+    def parameters(self) -> int:
+        return sum(v.numel() for k, v in self.tensors.items() if not k.endswith(".alpha"))

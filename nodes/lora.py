@@ -1,0 +1,174 @@
+"""Training, applying and saving LoRAs."""
+
+from ..core.choices import LR_SCHEDULES, OPTIMIZERS
+
+
+class LoRALabTrainConfig:
+    DESCRIPTION = ("Optimisation settings for Train LoRA: steps, batch, optimizer, learning-rate schedule, "
+                   "clipping, seed.")
+    CATEGORY = "LoRA Lab/train"
+    RETURN_TYPES = ("LL_TRAIN_CONFIG",)
+    RETURN_NAMES = ("train_config",)
+    OUTPUT_TOOLTIPS = ("The training settings for Train LoRA.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "steps": ("INT", {"default": 200, "min": 1, "max": 1000000, "tooltip": "Optimizer steps."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 256, "tooltip": "Examples per micro-batch."}),
+            "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-6, "round": False,
+                                        "tooltip": "Peak learning rate (seed 002: 5e-4; seed 004: 1e-4)."}),
+            "lr_schedule": (list(LR_SCHEDULES), {"default": "constant", "tooltip":
+                            "constant, linear decay or cosine annealing, each after warmup_steps."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
+                     "Seeds LoRA init, data order, timesteps and noise: same seed, same LoRA."}),
+        }, "optional": {
+            "optimizer": (list(OPTIMIZERS), {"default": "adamw", "tooltip": "torch optimizer."}),
+            "gradient_accumulation": ("INT", {"default": 1, "min": 1, "max": 256,
+                                              "tooltip": "Micro-batches per optimizer step."}),
+            "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip": "Linear LR warmup."}),
+            "weight_decay": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001,
+                                       "tooltip": "Decoupled weight decay (AdamW)."}),
+            "max_grad_norm": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.1,
+                                        "tooltip": "Gradient clipping by global norm; 0 = off."}),
+            "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip":
+                                 "Save a resumable checkpoint every N steps (0 = only at the end)."}),
+        }}
+
+    def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",
+              gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0):
+        from ..core.train import TrainSpec
+
+        return (TrainSpec(steps=steps, batch_size=batch_size, grad_accum=gradient_accumulation, optimizer=optimizer,
+                          lr=learning_rate, weight_decay=weight_decay, lr_schedule=lr_schedule,
+                          warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, seed=seed,
+                          checkpoint_every=checkpoint_every),)
+
+
+class LoRALabTrainLoRA:
+    DESCRIPTION = ("Train a UNet LoRA on images and captions with the given noise strategy. Latents and "
+                   "text embeddings are encoded once; checkpoints resume exactly (same run_name). "
+                   "Returns the LoRA, the pipeline with it applied, and a cost row.")
+    CATEGORY = "LoRA Lab/train"
+    RETURN_TYPES = ("LL_LORA", "LL_PIPELINE", "LL_SCORES")
+    RETURN_NAMES = ("lora", "pipeline", "cost")
+    OUTPUT_TOOLTIPS = ("The trained LoRA (save it with Save LoRA).", "The input pipeline with the LoRA merged in.",
+                       "One row: training seconds, peak memory, trainable parameters, final loss.")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": ("LL_PIPELINE", {"tooltip": "Base model."}),
+            "images": ("IMAGE", {"tooltip": "Training images (a batch; width and height multiples of 8)."}),
+            "captions": ("STRING", {"multiline": True, "default": "a photo in sks style", "tooltip":
+                         "One caption per line, one per image in order; or a single caption for all."}),
+            "noise": ("LL_NOISE", {"tooltip": "Noise strategy (LoRA Lab: Noise Strategy)."}),
+            "lora_config": ("LL_LORA_CONFIG", {"tooltip": "LoRA settings (LoRA Lab: LoRA Config)."}),
+            "train_config": ("LL_TRAIN_CONFIG", {"tooltip": "Optimisation settings (LoRA Lab: Train Config)."}),
+            "run_name": ("STRING", {"default": "lora", "tooltip": "Checkpoints go to <output>/loralab_checkpoints/"
+                                    "<run_name>; a run with the same name resumes from its last checkpoint."}),
+        }}
+
+    def train(self, pipeline, images, captions, noise, lora_config, train_config, run_name):
+        from ..core import runtime
+        from ..core.images import UnsafePathError, safe_prefix_path
+        from ..core.lora_files import merged_copy
+        from ..core.scores import ScoreTable
+        from ..core.train import train_from_images
+
+        try:
+            folder, stem = safe_prefix_path(runtime.output_directory() / "loralab_checkpoints", run_name)
+        except UnsafePathError as e:
+            raise ValueError(f"LoRA Lab: Train LoRA: input 'run_name': {e}") from None
+        lines = [c.strip() for c in captions.splitlines() if c.strip()]
+        lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, folder / stem, run_name)
+        pipe, _ = merged_copy(pipeline.pipe, lora.tensors, 1.0, 1.0)
+        applied = type(pipeline)(pipe, f"{pipeline.name} + {run_name}", pipeline.family, pipeline.vae_mode,
+                                 [*pipeline.loras, (run_name, 1.0, 1.0)])
+        row = {"model": pipeline.name, "lora": run_name, "rank": lora.rank, "alpha": lora.alpha,
+               "train_seconds": lora.seconds, "train_peak_memory_mb": lora.peak_memory_mb,
+               "trainable_parameters": lora.trainable_parameters, "final_loss": lora.losses[-1]}
+        return (lora, applied, ScoreTable(("model", "lora"), [row]))
+
+
+class LoRALabApplyLoRA:
+    DESCRIPTION = ("Apply a LoRA to a pipeline with separate UNet and text-encoder strengths; the weights "
+                   "are merged into copies, so sampling runs at full speed and the input is unchanged.")
+    CATEGORY = "LoRA Lab/lora"
+    RETURN_TYPES = ("LL_PIPELINE",)
+    RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("The pipeline with the LoRA merged in.",)
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": ("LL_PIPELINE", {"tooltip": "Base model."}),
+            "lora": ("LL_LORA", {"tooltip": "The LoRA to apply."}),
+            "unet_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                        "tooltip": "Multiplier of the UNet update (0 = base model)."}),
+            "text_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                        "tooltip": "Multiplier of the text-encoder update."}),
+        }}
+
+    def apply(self, pipeline, lora, unet_strength, text_strength):
+        from ..core.lora_files import merged_copy
+
+        if lora.family != pipeline.family:
+            raise ValueError(f"LoRA Lab: Apply LoRA: LoRA '{lora.name}' is for {lora.family}, the pipeline is "
+                             f"{pipeline.family}")
+        pipe, unmatched = merged_copy(pipeline.pipe, lora.tensors, unet_strength, text_strength)
+        if unmatched:
+            raise ValueError(f"LoRA Lab: Apply LoRA: {len(unmatched)} LoRA modules are not in this model "
+                             f"(e.g. {unmatched[0]}); was it trained on another architecture?")
+        return (type(pipeline)(pipe, f"{pipeline.name} + {lora.name}", pipeline.family, pipeline.vae_mode,
+                               [*pipeline.loras, (lora.name, unet_strength, text_strength)]),)
+
+
+class LoRALabSaveLoRA:
+    DESCRIPTION = ("Save a LoRA as .safetensors with kohya keys and ss_* metadata, which ComfyUI, A1111, "
+                   "kohya and diffusers all load. Inside ComfyUI it goes to models/loras; headless to the "
+                   "output folder.")
+    CATEGORY = "LoRA Lab/lora"
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lora": ("LL_LORA", {"tooltip": "The LoRA to save."}),
+            "filename_prefix": ("STRING", {"default": "loralab/lora", "tooltip":
+                                "File name prefix inside the loras (ComfyUI) or output (headless) folder."}),
+        }}
+
+    def save(self, lora, filename_prefix):
+        import sys
+        from pathlib import Path
+
+        from ..core import runtime
+        from ..core.images import UnsafePathError, safe_prefix_path
+        from ..core.lora_files import save_lora_file
+
+        if runtime.in_comfyui():
+            root = Path(sys.modules["folder_paths"].get_folder_paths("loras")[0])
+        else:
+            root = runtime.output_directory()
+        try:
+            folder, stem = safe_prefix_path(root, filename_prefix)
+        except UnsafePathError as e:
+            raise ValueError(f"LoRA Lab: Save LoRA: input 'filename_prefix': {e}") from None
+        number = 1 + max((int(p.stem.rsplit("_", 2)[-2]) for p in folder.glob(f"{stem}_*_.safetensors")
+                          if p.stem.rsplit("_", 2)[-2].isdigit()), default=0)
+        path = save_lora_file(lora.tensors, lora.metadata, folder / f"{stem}_{number:05}_.safetensors")
+        lora.file_size_bytes = path.stat().st_size
+        return {"ui": {"text": [str(path)]}}
+
+
+NODE_CLASS_MAPPINGS = {"LoRALabTrainConfig": LoRALabTrainConfig, "LoRALabTrainLoRA": LoRALabTrainLoRA,
+                       "LoRALabApplyLoRA": LoRALabApplyLoRA, "LoRALabSaveLoRA": LoRALabSaveLoRA}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabTrainConfig": "LoRA Lab: Train Config",
+                              "LoRALabTrainLoRA": "LoRA Lab: Train LoRA",
+                              "LoRALabApplyLoRA": "LoRA Lab: Apply LoRA", "LoRALabSaveLoRA": "LoRA Lab: Save LoRA"}
