@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+
+from .files import atomic_write
 
 
 class UnsafePathError(ValueError):
@@ -62,14 +62,7 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def atomic_save_png(img: Image.Image, path: Path, info: PngInfo, compress_level: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG", pnginfo=info, compress_level=compress_level)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG", pnginfo=info, compress_level=compress_level))
 
 
 def save_images(images: torch.Tensor, root: Path, filename_prefix: str, prompt: dict | None = None,

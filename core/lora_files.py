@@ -9,11 +9,11 @@ ComfyUI only matches keys with it, so we add it back (REFERENCES.md).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .files import atomic_write
 
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 
@@ -57,19 +57,10 @@ def kohya_metadata(rank: int, alpha: float, family: str, extra: dict | None = No
 
 
 def save_lora_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> Path:
-    """Write safetensors atomically (temp file in the same folder, then rename)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def delta_weights(kohya: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -151,9 +151,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    from ..core.files import atomic_write_text
     from .convert import ui_to_api
     from .graph import read_json
-    from .results import atomic_write_text
 
     registry, names = _registry()
     text = json.dumps(ui_to_api(read_json(args.workflow), registry, names), indent=2) + "\n"

@@ -57,3 +57,14 @@ def test_preview_goes_to_the_temp_folder(output_dir):
 def test_numbering_works_for_prefixes_with_glob_characters(output_dir):
     LoRALabSaveImage().save(IMAGES[:1], "run[1]*")
     assert LoRALabSaveImage().save(IMAGES[:1], "run[1]*")["ui"]["images"][0]["filename"] == "run[1]*_00002_.png"
+
+
+def test_saved_files_get_ordinary_permissions_not_mkstemps_private_ones(output_dir):
+    import os
+    import stat
+
+    LoRALabSaveImage().save(IMAGES[:1], "perm")
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE((output_dir / "perm_00001_.png").stat().st_mode)
+    assert mode == 0o666 & ~umask
