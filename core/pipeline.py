@@ -50,6 +50,13 @@ class LabPipeline:
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
 
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why this model cannot render ``width`` x ``height`` (None when it can)."""
+        for name, value in (("width", width), ("height", height)):
+            if value % self.size_multiple:
+                return f"{name} {value} is not a multiple of {self.size_multiple}, which this model needs"
+        return None
+
     def with_scheduler(self, scheduler):
         """A shallow copy of the diffusers pipeline that samples with ``scheduler``: the weights
         are shared and the original keeps its own scheduler (several samplers share one model)."""

@@ -97,10 +97,8 @@ class LoRALabGenerate:
         from ..core.generate import GenerateSettings, generate
 
         width, height = width or pipeline.native_size, height or pipeline.native_size
-        for name, value in (("width", width), ("height", height)):
-            if value % pipeline.size_multiple:
-                raise ValueError(f"LoRA Lab: Generate: input '{name}' = {value} must be a multiple "
-                                 f"of {pipeline.size_multiple} for this model")
+        if problem := pipeline.size_problem(width, height):
+            raise ValueError(f"LoRA Lab: Generate: inputs 'width'/'height': {problem}")
         settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt)
         return generate(pipeline, sampler, prompts, settings)
 
@@ -139,10 +137,8 @@ class LoRALabImg2Img:
         from ..core.generate import GenerateSettings, img2img
 
         height, width = image.shape[1:3]
-        for name, value in (("width", width), ("height", height)):
-            if value % pipeline.size_multiple:
-                raise ValueError(f"LoRA Lab: Img2Img: input 'image' has {name} {value}; it must be a "
-                                 f"multiple of {pipeline.size_multiple} for this model (resize or crop it)")
+        if problem := pipeline.size_problem(width, height):
+            raise ValueError(f"LoRA Lab: Img2Img: input 'image': {problem} (resize or crop it)")
         settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt)
         return img2img(pipeline, sampler, prompts, settings, image, strength, mask)
 

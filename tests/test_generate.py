@@ -114,7 +114,7 @@ def test_unsupported_schedule_names_the_samplers_that_support_it(tiny):
 def test_generate_node_checks_the_size_multiple(tiny):
     from loralab.nodes.sample import LoRALabGenerate
 
-    with pytest.raises(ValueError, match="'width' = 36 must be a multiple of 8"):
+    with pytest.raises(ValueError, match="'width'/'height': width 36 is not a multiple of 8"):
         LoRALabGenerate().generate(tiny, SamplerSpec("euler"), CAT, "", 2, 7.5, 0, 36, 32, 1)
     images, _ = LoRALabGenerate().generate(tiny, SamplerSpec("euler"), CAT, "", 2, 7.5, 0, 0, 0, 1)
     assert images.shape[1:3] == (64, 64), "0 means the model's native size"

@@ -62,5 +62,5 @@ def test_one_init_per_prompt_or_one_for_all(tiny):
 
 
 def test_node_checks_the_input_size(tiny):
-    with pytest.raises(ValueError, match="'image' has width 36"):
+    with pytest.raises(ValueError, match="'image': width 36 is not a multiple of 8"):
         LoRALabImg2Img().img2img(tiny, SamplerSpec("euler"), CAT, torch.rand(1, 32, 36, 3), 0.5, "", 4, 5.0, 0, 1)
