@@ -55,6 +55,21 @@ def _headless_checkpoints() -> dict[str, Path]:
     return found
 
 
+def available_loras() -> dict[str, Path]:
+    """LoRA files: ComfyUI's ``loras`` folder inside ComfyUI, ``<models-dir>/loras/**`` headless."""
+    if "folder_paths" in sys.modules:
+        fp = sys.modules["folder_paths"]
+        return {n: Path(fp.get_full_path("loras", n)) for n in fp.get_filename_list("loras")
+                if n.lower().endswith(".safetensors")}
+    found = {}
+    for root in model_roots():
+        folder = root / "loras"
+        if folder.is_dir():
+            for path in sorted(folder.rglob("*.safetensors")):
+                found.setdefault(path.relative_to(folder).as_posix(), path)
+    return found
+
+
 def _headless_diffusers_folders() -> dict[str, Path]:
     found = {}
     for root in model_roots():

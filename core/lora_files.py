@@ -122,3 +122,79 @@ def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text
             weight = modules[component][path].weight
             weight += (strength * delta).reshape(weight.shape).to(weight.dtype)
     return new, unmatched
+
+
+def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """kohya-layout tensors and metadata from a LoRA file in kohya layout or in diffusers/peft
+    layout (``unet.<module>.lora_A.weight``, ``text_encoder.<module>.lora_B.weight``; alpha = rank
+    unless peft's adapter metadata says otherwise). Only safetensors files are read."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"LoRA file {str(path)!r}: only .safetensors LoRA files are read (no pickles)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            metadata = dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"LoRA file {str(path)!r} is not a readable safetensors file ({e})") from None
+    if any(k.startswith(("lora_unet_", "lora_te")) for k in tensors):
+        return tensors, metadata
+    prefixes = {"unet.": "lora_unet", "text_encoder.": "lora_te", "text_encoder_2.": "lora_te2"}
+    alpha = None
+    if "lora_adapter_metadata" in metadata:  # newer diffusers/peft store lora_alpha there
+        alpha = json.loads(metadata["lora_adapter_metadata"]).get("lora_alpha")
+    out = {}
+    for key, value in tensors.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise ValueError(f"LoRA file {str(path)!r}: key {key!r} is neither kohya nor diffusers/peft layout")
+        module, part = key[len(prefix):].rsplit(".lora_", 1)
+        name = kohya_name(module, prefixes[prefix])
+        out[f"{name}.lora_down.weight" if part.startswith("A") else f"{name}.lora_up.weight"] = value
+        if part.startswith("A"):
+            out[f"{name}.alpha"] = torch.tensor(float(alpha if alpha is not None else value.shape[0]))
+    if not out:
+        raise ValueError(f"LoRA file {str(path)!r} holds no LoRA weights")
+    return out, metadata
+
+
+def blend(loras: list[dict[str, torch.Tensor]], weights: list[float],
+          rank: int | None = None) -> dict[str, torch.Tensor]:
+    """Σ wᵢ·ΔWᵢ as one kohya LoRA. Without ``rank`` the result is exact (the ranks are stacked);
+    with it, each module's sum is truncated by SVD to that rank (the best rank-r approximation,
+    Eckart–Young), as in style interpolation with a fixed file size."""
+    sums: dict[str, torch.Tensor] = {}
+    shapes: dict[str, tuple] = {}
+    stacked: dict[str, tuple[list, list]] = {}
+    for lora, w in zip(loras, weights, strict=True):
+        for name, delta in delta_weights(lora).items():
+            down = lora[f"{name}.lora_down.weight"].float()
+            shapes[name] = down.shape
+            if rank is None:
+                scale = float(lora.get(f"{name}.alpha", torch.tensor(float(down.shape[0])))) / down.shape[0]
+                ups, downs = stacked.setdefault(name, ([], []))
+                ups.append(w * scale * lora[f"{name}.lora_up.weight"].float())
+                downs.append(down)
+            else:
+                sums[name] = sums.get(name, 0) + w * delta
+    out = {}
+    if rank is None:
+        for name, (ups, downs) in stacked.items():
+            down = torch.cat(downs)
+            out[f"{name}.lora_down.weight"] = down
+            out[f"{name}.lora_up.weight"] = torch.cat(ups, dim=1)
+            out[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
+        return out
+    for name, delta in sums.items():
+        matrix = delta.flatten(1)
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        r = min(rank, s.shape[0])
+        up, down = u[:, :r] * s[:r], vh[:r]
+        if len(shapes[name]) == 4:  # convolution: down keeps the kernel, up is a 1x1 conv
+            up, down = up[:, :, None, None], down.reshape(r, *shapes[name][1:])
+        out[f"{name}.lora_down.weight"] = down.contiguous()
+        out[f"{name}.lora_up.weight"] = up.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(r))
+    return out

@@ -167,8 +167,79 @@ class LoRALabSaveLoRA:
         return {"ui": {"text": [str(path)]}}
 
 
+class LoRALabLoadLoRA:
+    DESCRIPTION = ("Load a LoRA file (kohya layout, as ComfyUI/A1111/kohya write it, or diffusers/peft layout). "
+                   "Only .safetensors files are read.")
+    CATEGORY = "LoRA Lab/lora"
+    RETURN_TYPES = ("LL_LORA",)
+    RETURN_NAMES = ("lora",)
+    OUTPUT_TOOLTIPS = ("The LoRA, ready for Apply LoRA or Blend LoRAs.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..core.checkpoints import available_loras
+
+        return {"required": {"lora_name": (list(available_loras()) or ["(no LoRA files found)"], {"tooltip":
+                             "Inside ComfyUI: models/loras. Headless: <models-dir>/loras (default ./models/loras)."})}}
+
+    def load(self, lora_name):
+        from ..core.checkpoints import available_loras
+        from ..core.lab_lora import LabLoRA
+        from ..core.lora_files import read_lora_file
+
+        files = available_loras()
+        if lora_name not in files:
+            raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r} is not a LoRA file here; "
+                             f"found: {', '.join(files) or 'none'}")
+        tensors, meta = read_lora_file(files[lora_name])
+        down = next(v for k, v in tensors.items() if k.endswith(".lora_down.weight"))
+        alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(down.shape[0]))
+        family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_")) for k in tensors) or \
+            meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
+        return (LabLoRA(tensors, int(down.shape[0]), alpha, family, lora_name, meta,
+                        file_size_bytes=files[lora_name].stat().st_size),)
+
+
+class LoRALabBlendLoRAs:
+    DESCRIPTION = ("Weighted merge of two LoRAs: w*A + (1-w)*B of their weight updates (style "
+                   "interpolation, seed 004). Exact by default; a target rank re-ranks each module by SVD.")
+    CATEGORY = "LoRA Lab/lora"
+    RETURN_TYPES = ("LL_LORA",)
+    RETURN_NAMES = ("lora",)
+    OUTPUT_TOOLTIPS = ("The blended LoRA.",)
+    FUNCTION = "blend"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lora_a": ("LL_LORA", {"tooltip": "First LoRA."}),
+            "lora_b": ("LL_LORA", {"tooltip": "Second LoRA."}),
+            "weight_a": ("FLOAT", {"default": 0.5, "min": -2.0, "max": 3.0, "step": 0.01,
+                                   "tooltip": "w: the blend is w*A + (1-w)*B."}),
+            "rank": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip":
+                     "0 = exact (ranks add up); otherwise the best rank-r approximation per module (SVD)."}),
+        }}
+
+    def blend(self, lora_a, lora_b, weight_a, rank):
+        from ..core.lab_lora import LabLoRA
+        from ..core.lora_files import blend
+
+        if lora_a.family != lora_b.family:
+            raise ValueError(f"LoRA Lab: Blend LoRAs: {lora_a.name} is {lora_a.family}, "
+                             f"{lora_b.name} is {lora_b.family}")
+        tensors = blend([lora_a.tensors, lora_b.tensors], [weight_a, 1 - weight_a], rank or None)
+        down = next(v for k, v in tensors.items() if k.endswith(".lora_down.weight"))
+        name = f"{weight_a:g}*{lora_a.name}+{1 - weight_a:g}*{lora_b.name}"
+        meta = {**lora_a.metadata, "ss_network_dim": str(down.shape[0]), "ss_network_alpha": str(down.shape[0]),
+                "loralab_blend": name}
+        return (LabLoRA(tensors, int(down.shape[0]), float(down.shape[0]), lora_a.family, name, meta),)
+
+
 NODE_CLASS_MAPPINGS = {"LoRALabTrainConfig": LoRALabTrainConfig, "LoRALabTrainLoRA": LoRALabTrainLoRA,
-                       "LoRALabApplyLoRA": LoRALabApplyLoRA, "LoRALabSaveLoRA": LoRALabSaveLoRA}
+                       "LoRALabApplyLoRA": LoRALabApplyLoRA, "LoRALabSaveLoRA": LoRALabSaveLoRA,
+                       "LoRALabLoadLoRA": LoRALabLoadLoRA, "LoRALabBlendLoRAs": LoRALabBlendLoRAs}
 NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabTrainConfig": "LoRA Lab: Train Config",
                               "LoRALabTrainLoRA": "LoRA Lab: Train LoRA",
-                              "LoRALabApplyLoRA": "LoRA Lab: Apply LoRA", "LoRALabSaveLoRA": "LoRA Lab: Save LoRA"}
+                              "LoRALabApplyLoRA": "LoRA Lab: Apply LoRA", "LoRALabSaveLoRA": "LoRA Lab: Save LoRA",
+                              "LoRALabLoadLoRA": "LoRA Lab: Load LoRA", "LoRALabBlendLoRAs": "LoRA Lab: Blend LoRAs"}

@@ -69,3 +69,56 @@ def test_conv_deltas_match_the_composed_convolutions():
 def test_incomplete_pairs_are_refused():
     with pytest.raises(ValueError, match="lack lora_A or lora_B"):
         to_kohya({"a.lora_A.weight": torch.zeros(1, 1)}, 1.0)
+
+
+def kohya_pair(seed, rank=4, out_features=6, in_features=5, alpha=2.0, conv=False):
+    g = torch.Generator().manual_seed(seed)
+    down = torch.randn((rank, in_features, 3, 3) if conv else (rank, in_features), generator=g)
+    up = torch.randn((out_features, rank, 1, 1) if conv else (out_features, rank), generator=g)
+    return {"lora_unet_m.lora_down.weight": down, "lora_unet_m.lora_up.weight": up,
+            "lora_unet_m.alpha": torch.tensor(alpha)}
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_blend_is_exactly_the_weighted_sum_of_updates(conv):
+    from loralab.core.lora_files import blend
+
+    a, b = kohya_pair(0, conv=conv), kohya_pair(1, rank=2, alpha=8.0, conv=conv)
+    for w in (0.0, 0.3, 1.0):
+        blended = delta_weights(blend([a, b], [w, 1 - w]))["lora_unet_m"]
+        expected = w * delta_weights(a)["lora_unet_m"] + (1 - w) * delta_weights(b)["lora_unet_m"]
+        torch.testing.assert_close(blended, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_svd_re_rank_is_the_best_low_rank_approximation():
+    from loralab.core.lora_files import blend
+
+    a, b = kohya_pair(2, rank=4), kohya_pair(3, rank=4)
+    full = 0.5 * delta_weights(a)["lora_unet_m"] + 0.5 * delta_weights(b)["lora_unet_m"]
+    same = delta_weights(blend([a, b], [0.5, 0.5], rank=5))["lora_unet_m"]
+    torch.testing.assert_close(same, full, atol=1e-5, rtol=1e-5)  # rank 5 = full rank of a 6x5 matrix
+    low = blend([a, b], [0.5, 0.5], rank=2)
+    assert low["lora_unet_m.lora_down.weight"].shape == (2, 5)
+    s = torch.linalg.svdvals(full)
+    error = torch.linalg.matrix_norm(delta_weights(low)["lora_unet_m"] - full) ** 2
+    torch.testing.assert_close(error, (s[2:] ** 2).sum(), atol=1e-4, rtol=1e-4)  # Eckart-Young
+
+
+def test_our_files_and_diffusers_layout_files_read_back(tiny, tmp_path):
+    from safetensors.torch import save_file
+
+    from loralab.core.lora_files import read_lora_file
+
+    state = random_lora(tiny.pipe.unet, resolve_targets(tiny.pipe.unet, "attention"), 4, seed=5)
+    kohya = to_kohya(state, alpha=2.0)
+    ours = save_lora_file(kohya, kohya_metadata(4, 2.0, "sd1"), tmp_path / "ours.safetensors")
+    back, meta = read_lora_file(ours)
+    assert back.keys() == kohya.keys() and meta["ss_network_alpha"] == "2.0"
+    diffusers_layout = {f"unet.{k}": v for k, v in state.items()}
+    save_file(diffusers_layout, tmp_path / "diffusers.safetensors")
+    converted, _ = read_lora_file(tmp_path / "diffusers.safetensors")
+    expected = delta_weights(to_kohya(state, alpha=4.0))  # no alpha stored: alpha = rank
+    for name, delta in delta_weights(converted).items():
+        torch.testing.assert_close(delta, expected[name])
+    with pytest.raises(ValueError, match="only .safetensors"):
+        read_lora_file(tmp_path / "x.ckpt")

@@ -113,3 +113,26 @@ def test_train_apply_and_save_nodes(tiny, data, output_dir):
     with safe_open(ui, "pt") as f:
         assert f.metadata()["ss_network_dim"] == "4" and any(k.endswith(".alpha") for k in f.keys())
     assert lora.file_size_bytes > 0
+
+
+def test_saved_lora_loads_back_by_name_and_blends(tiny, data, output_dir, monkeypatch):
+    from loralab.nodes.lora import LoRALabBlendLoRAs, LoRALabLoadLoRA, LoRALabSaveLoRA, LoRALabTrainLoRA
+
+    images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(6))
+    spec = TrainSpec(steps=3, batch_size=2, lr=1e-2)
+    a, _, _ = LoRALabTrainLoRA().train(tiny, images, "x", NoiseStrategy(), LORA, spec, "a")
+    other = TrainSpec(**{**spec.__dict__, "seed": 9})
+    b, _, _ = LoRALabTrainLoRA().train(tiny, images, "y", NoiseStrategy(), LORA, other, "b")
+    LoRALabSaveLoRA().save(a, "loras/a")
+    monkeypatch.setenv("LORALAB_MODELS_DIR", str(output_dir))
+    assert "a_00001_.safetensors" in LoRALabLoadLoRA.INPUT_TYPES()["required"]["lora_name"][0]
+    (loaded,) = LoRALabLoadLoRA().load("a_00001_.safetensors")
+    assert loaded.rank == 4 and loaded.alpha == 4.0 and loaded.family == "sd1"
+    assert all(torch.equal(loaded.tensors[k], a.tensors[k]) for k in a.tensors)
+    (mix,) = LoRALabBlendLoRAs().blend(loaded, b, 1.0, 0)
+    from loralab.core.lora_files import delta_weights
+
+    da, dm = delta_weights(a.tensors), delta_weights(mix.tensors)
+    assert all(torch.allclose(dm[k], da[k], atol=1e-6) for k in da)
+    with pytest.raises(ValueError, match="is not a LoRA file here"):
+        LoRALabLoadLoRA().load("missing.safetensors")
