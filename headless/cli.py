@@ -30,6 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", action="append", default=[], metavar="DIR",
                    help="folder with checkpoints/ and diffusers model folders (repeatable; default: "
                         "$LORALAB_MODELS_DIR or ./models)")
+    p.add_argument("--input-dir", action="append", default=[], metavar="DIR",
+                   help="folder(s) datasets are read from (default: $LORALAB_INPUT_DIR or ./input)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="keep expensive node results (generated image sets) here across runs and processes")
     p.add_argument("--json", action="store_true", help="print errors and the summary as JSON")
@@ -91,6 +93,8 @@ def load_any(path: str) -> tuple[dict, dict | None]:
 def _prepare(args) -> None:
     if getattr(args, "models_dir", None):  # read when node choices are listed, i.e. during validation
         os.environ["LORALAB_MODELS_DIR"] = os.pathsep.join(args.models_dir)
+    if getattr(args, "input_dir", None):
+        os.environ["LORALAB_INPUT_DIR"] = os.pathsep.join(args.input_dir)
     if getattr(args, "quiet", False):
         os.environ["LORALAB_NO_PROGRESS"] = "1"
 

@@ -61,17 +61,21 @@ class LoRALabTrainLoRA:
     def INPUT_TYPES(cls):
         return {"required": {
             "pipeline": ("LL_PIPELINE", {"tooltip": "Base model."}),
-            "images": ("IMAGE", {"tooltip": "Training images (a batch; width and height multiples of 8)."}),
-            "captions": ("STRING", {"multiline": True, "default": "a photo in sks style", "tooltip":
-                         "One caption per line, one per image in order; or a single caption for all."}),
             "noise": ("LL_NOISE", {"tooltip": "Noise strategy (LoRA Lab: Noise Strategy)."}),
             "lora_config": ("LL_LORA_CONFIG", {"tooltip": "LoRA settings (LoRA Lab: LoRA Config)."}),
             "train_config": ("LL_TRAIN_CONFIG", {"tooltip": "Optimisation settings (LoRA Lab: Train Config)."}),
             "run_name": ("STRING", {"default": "lora", "tooltip": "Checkpoints go to <output>/loralab_checkpoints/"
                                     "<run_name>; a run with the same name resumes from its last checkpoint."}),
+        }, "optional": {
+            "dataset": ("LL_DATASET", {"tooltip": "Images with captions (LoRA Lab: Image Folder Dataset); "
+                                       "or give images and captions below."}),
+            "images": ("IMAGE", {"tooltip": "Training images (a batch; width and height multiples of 8)."}),
+            "captions": ("STRING", {"multiline": True, "default": "a photo in sks style", "tooltip":
+                         "With images: one caption per line, one per image in order; or one for all."}),
         }}
 
-    def train(self, pipeline, images, captions, noise, lora_config, train_config, run_name):
+    def train(self, pipeline, noise, lora_config, train_config, run_name, dataset=None, images=None,
+              captions="a photo in sks style"):
         from ..core import runtime
         from ..core.images import UnsafePathError, safe_prefix_path
         from ..core.lora_files import merged_copy
@@ -82,7 +86,12 @@ class LoRALabTrainLoRA:
             folder, stem = safe_prefix_path(runtime.output_directory() / "loralab_checkpoints", run_name)
         except UnsafePathError as e:
             raise ValueError(f"LoRA Lab: Train LoRA: input 'run_name': {e}") from None
-        lines = [c.strip() for c in captions.splitlines() if c.strip()]
+        if dataset is not None:
+            images, lines = dataset.images, dataset.captions
+        elif images is not None:
+            lines = [c.strip() for c in captions.splitlines() if c.strip()]
+        else:
+            raise ValueError("LoRA Lab: Train LoRA: connect a dataset, or images (with captions)")
         lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, folder / stem, run_name)
         pipe, _ = merged_copy(pipeline.pipe, lora.tensors, 1.0, 1.0)
         applied = type(pipeline)(pipe, f"{pipeline.name} + {run_name}", pipeline.family, pipeline.vae_mode,

@@ -99,8 +99,9 @@ def test_train_apply_and_save_nodes(tiny, data, output_dir):
     from loralab.nodes.lora import LoRALabApplyLoRA, LoRALabSaveLoRA, LoRALabTrainLoRA
 
     images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(5))
-    lora, applied, cost = LoRALabTrainLoRA().train(tiny, images, "a sks photo", NoiseStrategy(),
-                                                   LORA, TrainSpec(steps=20, batch_size=2, lr=1e-2), "t1")
+    lora, applied, cost = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA,
+                                                   TrainSpec(steps=20, batch_size=2, lr=1e-2), "t1",
+                                                   images=images, captions="a sks photo")
     assert cost.rows[0]["trainable_parameters"] == lora.trainable_parameters > 0
     settings = GenerateSettings(steps=4, seed=2, width=32, height=32)
     base, _ = generate(tiny, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
@@ -120,9 +121,9 @@ def test_saved_lora_loads_back_by_name_and_blends(tiny, data, output_dir, monkey
 
     images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(6))
     spec = TrainSpec(steps=3, batch_size=2, lr=1e-2)
-    a, _, _ = LoRALabTrainLoRA().train(tiny, images, "x", NoiseStrategy(), LORA, spec, "a")
+    a, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "a", images=images, captions="x")
     other = TrainSpec(**{**spec.__dict__, "seed": 9})
-    b, _, _ = LoRALabTrainLoRA().train(tiny, images, "y", NoiseStrategy(), LORA, other, "b")
+    b, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, other, "b", images=images, captions="y")
     LoRALabSaveLoRA().save(a, "loras/a")
     monkeypatch.setenv("LORALAB_MODELS_DIR", str(output_dir))
     assert "a_00001_.safetensors" in LoRALabLoadLoRA.INPUT_TYPES()["required"]["lora_name"][0]
@@ -136,3 +137,35 @@ def test_saved_lora_loads_back_by_name_and_blends(tiny, data, output_dir, monkey
     assert all(torch.allclose(dm[k], da[k], atol=1e-6) for k in da)
     with pytest.raises(ValueError, match="is not a LoRA file here"):
         LoRALabLoadLoRA().load("missing.safetensors")
+
+
+def test_image_folder_dataset_reads_captions_and_trains(tiny, output_dir, tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from loralab.nodes.data import LoRALabImageFolder
+    from loralab.nodes.lora import LoRALabTrainLoRA
+
+    folder = tmp_path / "input" / "set"
+    folder.mkdir(parents=True)
+    for i, size in enumerate([(40, 60), (64, 32), (32, 32)]):
+        Image.new("RGB", size, (60 * i, 100, 200)).save(folder / f"img{i}.png")
+    (folder / "img1.txt").write_text("from a txt file")
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "img0.png", "text": "from metadata"}) + "\n")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    monkeypatch.setenv("LORALAB_INPUT_DIR", str(tmp_path / "input"))
+    node = LoRALabImageFolder()
+    with pytest.raises(ValueError, match="broken.jpg' could not be read"):
+        node.load("set", 32, "center", False, "default one")
+    (folder / "broken.jpg").unlink()
+    dataset, images = node.load("set", 32, "random", True, "default one", seed=3)
+    assert images.shape == (6, 32, 32, 3)
+    assert dataset.captions[:3] == ["from metadata", "from a txt file", "default one"]
+    assert torch.equal(images[3], images[0].flip(1))
+    for bad in ("../outside", "/etc", "nope"):
+        with pytest.raises(ValueError, match="folder"):
+            node.load(bad, 32, "center", False)
+    lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, TrainSpec(steps=2, batch_size=2), "ds",
+                                          dataset=dataset)
+    assert lora.metadata["ss_num_train_images"] == "6"
