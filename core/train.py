@@ -285,6 +285,9 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     from .lora_files import kohya_metadata, to_kohya
     from .runtime import progress
 
+    if lp.family != "sd1":
+        raise NotImplementedError(f"LoRA training supports SD1.x pipelines for now (got {lp.family}); "
+                                  "SDXL's extra conditioning is not wired into the trainer yet")
     if lcfg.text_encoder_rank or not lcfg.train_unet:
         raise NotImplementedError("text-encoder LoRA training is not available yet; set text_encoder_rank "
                                   "to 0 and train_unet on")
