@@ -56,6 +56,7 @@ class TrainingData:
     latents: torch.Tensor
     embeddings: torch.Tensor
     captions: list[str] = field(default_factory=list)
+    tokens: torch.Tensor | None = None  # token ids, for training a text-encoder LoRA
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrainResult:
     """What Train LoRA hands on (``LL_LORA`` carries it)."""
 
     unet_state: dict[str, torch.Tensor]  # peft names: "<module>.lora_A.weight" / ".lora_B.weight"
+    text_encoder_state: dict[str, torch.Tensor]
     targets: list[str]
     config: LoRAConfigSpec
     losses: list[float]
@@ -85,7 +87,7 @@ def encode_dataset(pipe, images: torch.Tensor, captions: list[str]) -> TrainingD
     tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
     embeddings = pipe.text_encoder(tokens)[0]
-    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions))
+    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions), tokens.cpu())
 
 
 def _optimizer(params, spec: TrainSpec):
@@ -107,16 +109,42 @@ def _lr_schedule(optimizer, spec: TrainSpec):
     return get_scheduler(name, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=spec.steps)
 
 
-def _peft_config(lcfg: LoRAConfigSpec, targets: list[str]):
+def _peft_config(lcfg: LoRAConfigSpec, targets: list[str], rank: int, alpha: float):
     from peft import LoraConfig
 
-    return LoraConfig(r=lcfg.rank, lora_alpha=lcfg.alpha, target_modules=targets, lora_dropout=lcfg.dropout,
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=lcfg.dropout,
                       init_lora_weights=True if lcfg.init == "kaiming" else "gaussian",
                       use_dora=lcfg.variant == "dora", use_rslora=lcfg.variant == "rslora")
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    """The adapter tensors in peft's names without the adapter name ("...lora_A.weight")."""
+    return {k.replace(".default", ""): v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int) -> dict[str, tuple[torch.nn.Module, list[str]]]:
+    """Copies of the UNet and text encoder, LoRA-wrapped where the config asks (frozen otherwise)."""
+    from peft import inject_adapter_in_model
+
+    models = {}
+    for name, wanted, rank, alpha in (
+            ("unet", lcfg.train_unet, lcfg.rank, lcfg.alpha),
+            ("text_encoder", lcfg.text_encoder_rank > 0, lcfg.text_encoder_rank,
+             lcfg.text_encoder_alpha or lcfg.text_encoder_rank)):
+        if not wanted and name == "text_encoder":
+            continue
+        model = copy.deepcopy(getattr(pipe, name)).float().train()
+        model.requires_grad_(False)
+        targets = []
+        if wanted:
+            targets = resolve_targets(model, lcfg.targets if name == "unet" else "attention", lcfg.custom_modules,
+                                      text_encoder=name == "text_encoder")
+            torch.manual_seed(seed)  # peft draws the LoRA A init from the global generator
+            inject_adapter_in_model(_peft_config(lcfg, targets, rank, alpha), model)
+            for n, p in model.named_parameters():
+                p.requires_grad_("lora_" in n)
+        models[name] = (model, targets)
+    return models
 
 
 class _Batches:
@@ -155,14 +183,16 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
     return h.hexdigest()
 
 
-def _save_checkpoint(folder: Path, step: int, unet, optimizer, schedule, batches, noise_gen, losses, lrs,
+def _save_checkpoint(folder: Path, step: int, models: dict, optimizer, schedule, batches, noise_gen, losses, lrs,
                      signature: str) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".checkpoint."))
     try:
-        save_file({k: v.contiguous() for k, v in lora_state(unet).items()}, tmp / "adapter.safetensors")
+        weights = {f"{name}.{k}": v.contiguous() for name, (model, _) in models.items()
+                   for k, v in lora_state(model).items()}
+        save_file(weights, tmp / "adapter.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "batches": batches.state(), "noise_generator": noise_gen.get_state(),
                     "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
@@ -201,18 +231,14 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
 
 
 def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResult:
-    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     device = pipe.unet.device
-    unet = copy.deepcopy(pipe.unet).float().train()
-    unet.requires_grad_(False)
-    targets = resolve_targets(unet, lcfg.targets, lcfg.custom_modules)
-    torch.manual_seed(spec.seed)  # peft draws the LoRA A init from the global generator
-    inject_adapter_in_model(_peft_config(lcfg, targets), unet)
-    params = [p for n, p in unet.named_parameters() if "lora_" in n]
-    for p in params:
-        p.requires_grad_(True)
+    models = _adapters(pipe, lcfg, spec.seed)
+    unet = models["unet"][0]
+    text_encoder = models.get("text_encoder", (None,))[0]
+    params = [p for model, _ in models.values() for n, p in model.named_parameters() if "lora_" in n]
     optimizer = _optimizer(params, spec)
     schedule = _lr_schedule(optimizer, spec)
     batches = _Batches(len(data.latents), spec.batch_size, spec.seed)
@@ -220,6 +246,7 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
     alpha_bar = alphas_cumprod(noise.betas())
     snr_t = snr(alpha_bar)
     latents, embeddings = data.latents.clone().to(device), data.embeddings.clone().to(device)
+    tokens = data.tokens.clone().to(device) if text_encoder is not None else None
     step, losses, lrs = 0, [], []
     signature = run_signature(data, noise, lcfg, spec)
     resume = latest_checkpoint(checkpoint_dir)
@@ -228,8 +255,11 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
         if state.get("signature") != signature:
             raise ValueError(f"checkpoint folder {str(checkpoint_dir)!r} holds a run with other data or settings; "
                              "use another run name to start afresh, or delete that folder")
-        weights = {k.replace(".default", ""): v for k, v in load_file(resume / "adapter.safetensors").items()}
-        set_peft_model_state_dict(unet, weights)
+        weights = load_file(resume / "adapter.safetensors")
+        for name, (model, targets) in models.items():
+            if targets:
+                set_peft_model_state_dict(model, {k[len(name) + 1:]: v for k, v in weights.items()
+                                                  if k.startswith(name + ".")})
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         batches.load(state["batches"])
@@ -243,7 +273,8 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
             total = 0.0
             for _ in range(spec.grad_accum):
                 index = batches.next()
-                x0, cond = latents[index], embeddings[index]
+                x0 = latents[index]
+                cond = text_encoder(tokens[index])[0] if text_encoder is not None else embeddings[index]
                 t = noise.sample(len(index), snr_t, noise_gen)
                 eps = offset_noise(x0.shape, noise_gen, noise.noise_offset).to(device)
                 eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
@@ -268,12 +299,14 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
             step += 1
             if checkpoint_dir is not None and (step == spec.steps or
                                                (spec.checkpoint_every and step % spec.checkpoint_every == 0)):
-                _save_checkpoint(checkpoint_dir, step, unet, optimizer, schedule, batches, noise_gen, losses, lrs,
+                _save_checkpoint(checkpoint_dir, step, models, optimizer, schedule, batches, noise_gen, losses, lrs,
                                  signature)
             if progress is not None:
                 progress(step, total)
-    state = {k.replace(".default", ""): v for k, v in lora_state(unet).items()}
-    return TrainResult(state, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
+    te_state = lora_state(text_encoder) if text_encoder is not None else {}
+    targets = [t for _, model_targets in models.values() for t in model_targets]
+    return TrainResult(lora_state(unet), te_state, targets, lcfg, losses, lrs, time.perf_counter() - start,
+                       cost.peak_memory_mb,
                        sum(p.numel() for p in params), step,
                        {"noise": asdict(noise), "train": asdict(spec), "lora": asdict(lcfg)})
 
@@ -288,9 +321,6 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     if lp.family != "sd1":
         raise NotImplementedError(f"LoRA training supports SD1.x pipelines for now (got {lp.family}); "
                                   "SDXL's extra conditioning is not wired into the trainer yet")
-    if lcfg.text_encoder_rank or not lcfg.train_unet:
-        raise NotImplementedError("text-encoder LoRA training is not available yet; set text_encoder_rank "
-                                  "to 0 and train_unet on")
     if len(captions) not in (1, len(images)):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
                          "images or one per image")
@@ -304,5 +334,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
         "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
         "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],
         "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets})
-    return LabLoRA(to_kohya(result.unet_state, lcfg.alpha), lcfg.rank, lcfg.alpha, lp.family, name, meta,
+    tensors = {**to_kohya(result.unet_state, lcfg.alpha),
+               **to_kohya(result.text_encoder_state, lcfg.text_encoder_alpha or lcfg.text_encoder_rank, "lora_te")}
+    return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta,
                    result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters)

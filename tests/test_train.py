@@ -169,3 +169,45 @@ def test_image_folder_dataset_reads_captions_and_trains(tiny, output_dir, tmp_pa
     lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, TrainSpec(steps=2, batch_size=2), "ds",
                                           dataset=dataset)
     assert lora.metadata["ss_num_train_images"] == "6"
+
+
+def test_text_encoder_lora_trains_alone_or_beside_the_unet_and_resumes(tiny, data, tmp_path):
+    te_only = LoRAConfigSpec(rank=4, alpha=4.0, train_unet=False, text_encoder_rank=4)
+    spec = TrainSpec(steps=6, batch_size=2, lr=1e-2, seed=2, checkpoint_every=3)
+    result = train_lora(tiny.pipe, data, NoiseStrategy(), te_only, spec)
+    assert not result.unet_state and result.text_encoder_state
+    assert all(k.startswith("encoder.layers.") for k in result.text_encoder_state)
+    both = LoRAConfigSpec(rank=4, alpha=4.0, text_encoder_rank=2, text_encoder_alpha=1.0)
+    straight = train_lora(tiny.pipe, data, NoiseStrategy(), both, spec)
+
+    def stop(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lora(tiny.pipe, data, NoiseStrategy(), both, spec, checkpoint_dir=tmp_path, progress=stop)
+    resumed = train_lora(tiny.pipe, data, NoiseStrategy(), both, spec, checkpoint_dir=tmp_path)
+    for attr in ("unet_state", "text_encoder_state"):
+        a, b = getattr(straight, attr), getattr(resumed, attr)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_text_encoder_lora_file_uses_comfyuis_te_keys_and_changes_generation(tiny, output_dir):
+    from loralab.core.generate import GenerateSettings, generate
+    from loralab.core.prompts import Prompt
+    from loralab.core.samplers import SamplerSpec
+    from loralab.nodes.lora import LoRALabApplyLoRA, LoRALabTrainLoRA
+
+    images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(8))
+    te_only = LoRAConfigSpec(rank=4, alpha=8.0, train_unet=False, text_encoder_rank=4, text_encoder_alpha=8.0)
+    lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), te_only, TrainSpec(steps=10, batch_size=2, lr=5e-2),
+                                          "te", images=images, captions="a sks photo")
+    assert lora.tensors and all(k.startswith("lora_te_text_model_encoder_layers_") for k in lora.tensors)
+    assert {float(v) for k, v in lora.tensors.items() if k.endswith(".alpha")} == {8.0}
+    settings = GenerateSettings(steps=3, seed=1, width=32, height=32)
+    base, _ = generate(tiny, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    (applied,) = LoRALabApplyLoRA().apply(tiny, lora, 1.0, 1.0)
+    (unet_only,) = LoRALabApplyLoRA().apply(tiny, lora, 1.0, 0.0)
+    changed, _ = generate(applied, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    same, _ = generate(unet_only, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    assert (changed - base).abs().max() > 1e-4 and torch.equal(same, base)
