@@ -45,6 +45,8 @@ class TrainSpec:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     max_grad_norm: float = 1.0  # 0 = no clipping
+    mixed_precision: str = "no"  # "no", "bf16" (autocast; CPU or GPU), "fp16" (autocast + loss scaling; GPU)
+    gradient_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 0  # 0 = only at the end
 
@@ -98,6 +100,18 @@ def _optimizer(params, spec: TrainSpec):
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.beta1, weight_decay=spec.weight_decay)
     raise ValueError(f"optimizer {spec.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+def _autocast(mixed_precision: str, device: torch.device):
+    import contextlib
+
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    if mixed_precision == "fp16" and device.type != "cuda":
+        raise ValueError("mixed_precision 'fp16' needs a CUDA GPU (loss scaling); use 'bf16' or 'no' on the CPU")
+    if mixed_precision not in ("bf16", "fp16"):
+        raise ValueError(f"mixed_precision {mixed_precision!r} is not one of no, bf16, fp16")
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
 
 
 def _lr_schedule(optimizer, spec: TrainSpec):
@@ -237,6 +251,10 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
     device = pipe.unet.device
     models = _adapters(pipe, lcfg, spec.seed)
     unet = models["unet"][0]
+    if spec.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    autocast = _autocast(spec.mixed_precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.mixed_precision == "fp16")
     text_encoder = models.get("text_encoder", (None,))[0]
     params = [p for model, _ in models.values() for n, p in model.named_parameters() if "lora_" in n]
     optimizer = _optimizer(params, spec)
@@ -280,7 +298,8 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
                 eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
                 a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
                 noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
-                pred = unet(noisy, t.to(device), encoder_hidden_states=cond).sample
+                with autocast:
+                    pred = unet(noisy, t.to(device), encoder_hidden_states=cond).sample
                 target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
                 per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
                 loss = (per_sample * noise.weights(snr_t[t]).to(device, torch.float32)).mean() / spec.grad_accum
@@ -288,11 +307,13 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
                     raise FloatingPointError(
                         f"loss became {loss.item()} at step {step + 1}; stopping. The last good checkpoint "
                         f"(if any) is in {checkpoint_dir}. Try a lower learning rate or fp32.")
-                loss.backward()
+                scaler.scale(loss).backward()
                 total += loss.item()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             if spec.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             lrs.append(schedule.get_last_lr()[0])
             schedule.step()
             losses.append(total)

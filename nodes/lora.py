@@ -34,16 +34,23 @@ class LoRALabTrainConfig:
                                         "tooltip": "Gradient clipping by global norm; 0 = off."}),
             "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip":
                                  "Save a resumable checkpoint every N steps (0 = only at the end)."}),
+            "mixed_precision": (["no", "bf16", "fp16"], {"default": "no", "tooltip":
+                                "Autocast the UNet forward: bf16 (CPUs with bf16 support, recent GPUs) or fp16 "
+                                "(GPU, with loss scaling). LoRA weights and optimizer stay fp32."}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
+                                       "Recompute activations in the backward pass: less memory, more time."}),
         }}
 
     def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",
-              gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0):
+              gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0,
+              mixed_precision="no", gradient_checkpointing=False):
         from ..core.train import TrainSpec
 
         return (TrainSpec(steps=steps, batch_size=batch_size, grad_accum=gradient_accumulation, optimizer=optimizer,
                           lr=learning_rate, weight_decay=weight_decay, lr_schedule=lr_schedule,
                           warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, seed=seed,
-                          checkpoint_every=checkpoint_every),)
+                          checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
+                          gradient_checkpointing=gradient_checkpointing),)
 
 
 class LoRALabTrainLoRA:

@@ -211,3 +211,17 @@ def test_a_text_encoder_lora_file_uses_comfyuis_te_keys_and_changes_generation(t
     changed, _ = generate(applied, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
     same, _ = generate(unet_only, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
     assert (changed - base).abs().max() > 1e-4 and torch.equal(same, base)
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory_and_bf16_trains(tiny, data):
+    spec = TrainSpec(steps=3, batch_size=2, lr=1e-2, seed=5)
+    plain = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
+    checkpointed = train_lora(tiny.pipe, data, NoiseStrategy(), LORA,
+                              TrainSpec(**{**spec.__dict__, "gradient_checkpointing": True}))
+    for k in plain.unet_state:
+        torch.testing.assert_close(checkpointed.unet_state[k], plain.unet_state[k], atol=1e-5, rtol=1e-4)
+    bf16 = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(**{**spec.__dict__, "mixed_precision": "bf16"}))
+    assert all(torch.isfinite(torch.tensor(bf16.losses)))
+    assert all(v.dtype == torch.float32 for v in bf16.unet_state.values())
+    with pytest.raises(ValueError, match="'fp16' needs a CUDA GPU"):
+        train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=1, mixed_precision="fp16"))
