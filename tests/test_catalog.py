@@ -15,7 +15,8 @@ def normalise(info: dict) -> dict:
 
 def test_object_info_equals_what_comfyui_serves_for_our_nodes(monkeypatch, tmp_path):
     """tests/data/object_info.comfyui.json was fetched from ComfyUI 0.8's /object_info with this pack
-    installed; nodes added since must match it when it is refreshed."""
+    installed (16 nodes), with the two machine-dependent file lists (checkpoints, LoRAs) set to what
+    an empty machine shows. Refresh it when nodes change."""
     monkeypatch.chdir(tmp_path)  # no ./models: the model list is the embedded model only
     comfy = json.loads(COMFY.read_text())
     ours = normalise(object_info(NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS))
