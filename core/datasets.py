@@ -23,6 +23,7 @@ class Dataset:
     images: object  # torch.Tensor [N,H,W,3] in 0..1 (ComfyUI IMAGE layout)
     captions: list[str]
     files: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)  # per-example loss weight (prior preservation); [] = all 1
 
 
 def input_roots() -> list[Path]:
@@ -105,3 +106,31 @@ def load_image_folder(folder: str, resolution: int, crop: str = "center", flip: 
         images = torch.cat([images, images.flip(2)])
         captions, names = captions * 2, names + [f"{n} (flipped)" for n in names]
     return Dataset(images, captions, names)
+
+
+def concept_dataset(lp, instance_images, instance_prompt: str, class_prompt: str = "", class_images: int = 0,
+                    prior_weight: float = 1.0, seed: int = 0, steps: int = 25) -> Dataset:
+    """DreamBooth (Ruiz et al. 2023): instance images captioned with a rare-token prompt
+    (``a photo of sks jacket``) plus, for prior preservation, ``class_images`` images the base
+    model generates for the class prompt (``a photo of a jacket``), weighted by ``prior_weight``."""
+    import torch
+
+    from .generate import GenerateSettings, generate
+    from .prompts import Prompt
+    from .samplers import SamplerSpec
+
+    n = len(instance_images)
+    images, captions, weights = instance_images, [instance_prompt] * n, [1.0] * n
+    files = [f"instance {i}" for i in range(n)]
+    if class_images:
+        if not class_prompt:
+            raise ValueError("prior preservation needs a class prompt (e.g. 'a photo of a jacket')")
+        height, width = instance_images.shape[1:3]
+        settings = GenerateSettings(steps=steps, cfg=7.5, seed=seed, width=width, height=height,
+                                    images_per_prompt=class_images)
+        generated, _ = generate(lp, SamplerSpec("dpmpp_2m", "karras"), [Prompt(class_prompt)], settings)
+        images = torch.cat([instance_images.float().cpu(), generated])
+        captions += [class_prompt] * class_images
+        weights += [prior_weight] * class_images
+        files += [f"class {i} (seed {seed + i})" for i in range(class_images)]
+    return Dataset(images, captions, files, weights)

@@ -59,6 +59,7 @@ class TrainingData:
     embeddings: torch.Tensor
     captions: list[str] = field(default_factory=list)
     tokens: torch.Tensor | None = None  # token ids, for training a text-encoder LoRA
+    weights: torch.Tensor | None = None  # per-example loss weights (DreamBooth prior preservation)
 
 
 @dataclass
@@ -79,7 +80,7 @@ class TrainResult:
 
 
 @torch.no_grad()
-def encode_dataset(pipe, images: torch.Tensor, captions: list[str]) -> TrainingData:
+def encode_dataset(pipe, images: torch.Tensor, captions: list[str], weights: list[float] | None = None) -> TrainingData:
     """Encode ComfyUI images ``[N,H,W,3]`` in 0..1 and their captions once (latent caching).
     The VAE posterior's mean is used, so the cache is deterministic."""
     device, dtype = pipe.unet.device, pipe.vae.dtype
@@ -89,7 +90,8 @@ def encode_dataset(pipe, images: torch.Tensor, captions: list[str]) -> TrainingD
     tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
     embeddings = pipe.text_encoder(tokens)[0]
-    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions), tokens.cpu())
+    example_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
+    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions), tokens.cpu(), example_weights)
 
 
 def _optimizer(params, spec: TrainSpec):
@@ -190,7 +192,7 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
     import hashlib
 
     h = hashlib.sha256()
-    for tensor in (data.latents, data.embeddings):
+    for tensor in (data.latents, data.embeddings) + ((data.weights,) if data.weights is not None else ()):
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     settings = {"noise": asdict(noise), "lora": asdict(lcfg), "train": {**asdict(spec), "checkpoint_every": None}}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -302,7 +304,10 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
                     pred = unet(noisy, t.to(device), encoder_hidden_states=cond).sample
                 target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
                 per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
-                loss = (per_sample * noise.weights(snr_t[t]).to(device, torch.float32)).mean() / spec.grad_accum
+                per_sample = per_sample * noise.weights(snr_t[t]).to(device, torch.float32)
+                if data.weights is not None:
+                    per_sample = per_sample * data.weights[index].to(device)
+                loss = per_sample.mean() / spec.grad_accum
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"loss became {loss.item()} at step {step + 1}; stopping. The last good checkpoint "
@@ -333,7 +338,8 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
 
 
 def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: NoiseStrategy, lcfg: LoRAConfigSpec,
-                      spec: TrainSpec, checkpoint_dir: Path | None = None, name: str = "lora"):
+                      spec: TrainSpec, checkpoint_dir: Path | None = None, name: str = "lora",
+                      weights: list[float] | None = None):
     """Encode, train and package as an ``LL_LORA`` (kohya tensors + training record)."""
     from .lab_lora import LabLoRA
     from .lora_files import kohya_metadata, to_kohya
@@ -347,7 +353,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
                          "images or one per image")
     captions = captions * len(images) if len(captions) == 1 else captions
     with torch.inference_mode(False):
-        data = encode_dataset(lp.pipe, images.clone(), captions)
+        data = encode_dataset(lp.pipe, images.clone(), captions, weights)
     with progress(spec.steps, "train") as bar:
         result = train_lora(lp.pipe, data, noise, lcfg, spec, checkpoint_dir,
                             progress=lambda step, loss: bar.update(1))

@@ -36,5 +36,44 @@ class LoRALabImageFolder:
         return (dataset, dataset.images)
 
 
-NODE_CLASS_MAPPINGS = {"LoRALabImageFolder": LoRALabImageFolder}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabImageFolder": "LoRA Lab: Image Folder Dataset"}
+class LoRALabSingleImageConcept:
+    DESCRIPTION = ("DreamBooth dataset (seed 003's single-garment LoRA): instance images with a rare-token "
+                   "prompt such as 'a photo of sks jacket', plus optional prior-preservation images the base "
+                   "model generates for the class prompt, weighted by prior_weight.")
+    CATEGORY = "LoRA Lab/data"
+    RETURN_TYPES = ("LL_DATASET", "IMAGE")
+    RETURN_NAMES = ("dataset", "images")
+    OUTPUT_TOOLTIPS = ("Instance and class examples, for Train LoRA.", "All images of the dataset, to preview.")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": ("LL_PIPELINE", {"tooltip": "Base model (generates the class images)."}),
+            "instance_images": ("IMAGE", {"tooltip": "The concept's images (one or a few)."}),
+            "instance_prompt": ("STRING", {"default": "a photo of sks jacket", "tooltip":
+                                "Caption with a rare token (sks, ukj) naming the concept."}),
+        }, "optional": {
+            "class_prompt": ("STRING", {"default": "", "tooltip": "The concept's class, e.g. 'a photo of a jacket'."}),
+            "class_images": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip":
+                             "Prior-preservation images to generate; 0 = none."}),
+            "prior_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
+                                       "tooltip": "Loss weight of the class images (DreamBooth's lambda)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the class images."}),
+        }}
+
+    def build(self, pipeline, instance_images, instance_prompt, class_prompt="", class_images=0, prior_weight=1.0,
+              seed=0):
+        from ..core.datasets import concept_dataset
+
+        try:
+            dataset = concept_dataset(pipeline, instance_images, instance_prompt, class_prompt, class_images,
+                                      prior_weight, seed)
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Single-Image Concept: {e}") from None
+        return (dataset, dataset.images)
+
+
+NODE_CLASS_MAPPINGS = {"LoRALabImageFolder": LoRALabImageFolder, "LoRALabSingleImageConcept": LoRALabSingleImageConcept}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabImageFolder": "LoRA Lab: Image Folder Dataset",
+                              "LoRALabSingleImageConcept": "LoRA Lab: Single-Image Concept"}

@@ -93,13 +93,15 @@ class LoRALabTrainLoRA:
             folder, stem = safe_prefix_path(runtime.output_directory() / "loralab_checkpoints", run_name)
         except UnsafePathError as e:
             raise ValueError(f"LoRA Lab: Train LoRA: input 'run_name': {e}") from None
+        weights = None
         if dataset is not None:
-            images, lines = dataset.images, dataset.captions
+            images, lines, weights = dataset.images, dataset.captions, dataset.weights or None
         elif images is not None:
             lines = [c.strip() for c in captions.splitlines() if c.strip()]
         else:
             raise ValueError("LoRA Lab: Train LoRA: connect a dataset, or images (with captions)")
-        lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, folder / stem, run_name)
+        lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, folder / stem, run_name,
+                                 weights)
         pipe, _ = merged_copy(pipeline.pipe, lora.tensors, 1.0, 1.0)
         applied = type(pipeline)(pipe, f"{pipeline.name} + {run_name}", pipeline.family, pipeline.vae_mode,
                                  [*pipeline.loras, (run_name, 1.0, 1.0)])

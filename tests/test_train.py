@@ -225,3 +225,25 @@ def test_gradient_checkpointing_changes_nothing_but_memory_and_bf16_trains(tiny,
     assert all(v.dtype == torch.float32 for v in bf16.unet_state.values())
     with pytest.raises(ValueError, match="'fp16' needs a CUDA GPU"):
         train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=1, mixed_precision="fp16"))
+
+
+def test_single_image_concept_adds_weighted_class_images_and_the_weights_reach_the_loss(tiny, output_dir):
+    from loralab.core.train import encode_dataset
+    from loralab.nodes.data import LoRALabSingleImageConcept
+    from loralab.nodes.lora import LoRALabTrainLoRA
+
+    instance = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(9))
+    dataset, images = LoRALabSingleImageConcept().build(tiny, instance, "a photo of sks jacket",
+                                                        "a photo of a jacket", 3, 0.5, seed=4)
+    assert images.shape == (4, 32, 32, 3) and torch.equal(images[0], instance[0])
+    assert dataset.captions == ["a photo of sks jacket"] + ["a photo of a jacket"] * 3
+    assert dataset.weights == [1.0, 0.5, 0.5, 0.5]
+    with pytest.raises(ValueError, match="needs a class prompt"):
+        LoRALabSingleImageConcept().build(tiny, instance, "a photo of sks jacket", "", 2)
+    # Zero-weighted class images contribute nothing: training equals training on the instance alone.
+    spec = TrainSpec(steps=4, batch_size=1, lr=1e-2, seed=1)  # one epoch: each example once
+    data = encode_dataset(tiny.pipe, images, dataset.captions, [1.0, 0.0, 0.0, 0.0])
+    weighted = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
+    assert sum(loss == 0.0 for loss in weighted.losses) == 3 and sum(loss > 0 for loss in weighted.losses) == 1
+    lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "concept", dataset=dataset)
+    assert lora.metadata["ss_num_train_images"] == "4"
