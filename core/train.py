@@ -60,6 +60,7 @@ class TrainingData:
     captions: list[str] = field(default_factory=list)
     tokens: torch.Tensor | None = None  # token ids, for training a text-encoder LoRA
     weights: torch.Tensor | None = None  # per-example loss weights (DreamBooth prior preservation)
+    added_cond: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL: text_embeds, time_ids
 
 
 @dataclass
@@ -89,9 +90,20 @@ def encode_dataset(pipe, images: torch.Tensor, captions: list[str], weights: lis
     latents = latents * pipe.vae.config.scaling_factor
     tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
-    embeddings = pipe.text_encoder(tokens)[0]
     example_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
-    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions), tokens.cpu(), example_weights)
+    added = {}
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        # SDXL: both encoders' hidden states, the pooled projection and the size/crop conditioning
+        # (original size = target size = the training resolution, no crop offset).
+        embeddings, _, pooled, _ = pipe.encode_prompt(list(captions), device=device, do_classifier_free_guidance=False)
+        height, width = images.shape[1:3]
+        time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), torch.float32,
+                                          pipe.text_encoder_2.config.projection_dim)
+        added = {"text_embeds": pooled.float().cpu(), "time_ids": time_ids.repeat(len(captions), 1)}
+    else:
+        embeddings = pipe.text_encoder(tokens)[0]
+    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions), tokens.cpu(),
+                        example_weights, added)
 
 
 def _optimizer(params, spec: TrainSpec):
@@ -300,8 +312,9 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
                 eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
                 a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
                 noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
+                added = {k: v[index].to(device) for k, v in data.added_cond.items()} or None
                 with autocast:
-                    pred = unet(noisy, t.to(device), encoder_hidden_states=cond).sample
+                    pred = unet(noisy, t.to(device), encoder_hidden_states=cond, added_cond_kwargs=added).sample
                 target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
                 per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
                 per_sample = per_sample * noise.weights(snr_t[t]).to(device, torch.float32)
@@ -345,9 +358,9 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     from .lora_files import kohya_metadata, to_kohya
     from .runtime import progress
 
-    if lp.family != "sd1":
-        raise NotImplementedError(f"LoRA training supports SD1.x pipelines for now (got {lp.family}); "
-                                  "SDXL's extra conditioning is not wired into the trainer yet")
+    if lp.family == "sdxl" and lcfg.text_encoder_rank:
+        raise NotImplementedError("text-encoder LoRAs for SDXL's two encoders are not trained yet; set "
+                                  "text_encoder_rank to 0 (UNet LoRA only)")
     if len(captions) not in (1, len(images)):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
                          "images or one per image")

@@ -247,3 +247,41 @@ def test_single_image_concept_adds_weighted_class_images_and_the_weights_reach_t
     assert sum(loss == 0.0 for loss in weighted.losses) == 3 and sum(loss > 0 for loss in weighted.losses) == 1
     lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "concept", dataset=dataset)
     assert lora.metadata["ss_num_train_images"] == "4"
+
+
+def test_an_sdxl_unet_lora_trains_and_applies(tmp_path):
+    from test_checkpoints import make_tiny_checkpoint
+
+    from loralab.core.checkpoints import load_single_file
+    from loralab.core.generate import GenerateSettings, generate
+    from loralab.core.pipeline import LabPipeline
+    from loralab.core.prompts import Prompt
+    from loralab.core.samplers import SamplerSpec
+    from loralab.core.train import train_from_images
+    from loralab.nodes.lora import LoRALabApplyLoRA
+
+    path, config_dir, _ = make_tiny_checkpoint("sdxl", tmp_path)
+    pipe, family = load_single_file(path, torch.float32, config_dir=config_dir)
+    pipe.set_progress_bar_config(disable=True)
+    lp = LabPipeline(pipe, "tiny-sdxl", family)
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    lora = train_from_images(lp, images, ["a sks photo"], NoiseStrategy(), LoRAConfigSpec(rank=4, alpha=4.0),
+                             TrainSpec(steps=4, batch_size=2, lr=1e-2))
+    assert lora.family == "sdxl" and all(k.startswith("lora_unet_") for k in lora.tensors)
+    assert lora.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
+    settings = GenerateSettings(steps=2, seed=0, width=64, height=64)
+    base, _ = generate(lp, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    (applied,) = LoRALabApplyLoRA().apply(lp, lora, 1.0, 1.0)
+    after, _ = generate(applied, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
+    assert (after - base).abs().max() > 1e-4
+    with pytest.raises(NotImplementedError, match="two encoders"):
+        train_from_images(lp, images, ["x"], NoiseStrategy(), LoRAConfigSpec(text_encoder_rank=2), TrainSpec(steps=1))
+
+
+def test_sdxl_text_encoder_keys_follow_kohyas_te1_te2_layout():
+    from loralab.core.lora_files import kohya_name
+
+    assert kohya_name("encoder.layers.0.self_attn.q_proj", "lora_te1") == \
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    assert kohya_name("text_model.encoder.layers.31.mlp.fc2", "lora_te2") == \
+        "lora_te2_text_model_encoder_layers_31_mlp_fc2"
