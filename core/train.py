@@ -12,12 +12,12 @@ upstream tensors, which may be inference tensors.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -147,32 +147,60 @@ def _peft_config(lcfg: LoRAConfigSpec, targets: list[str], rank: int, alpha: flo
 
 def lora_state(model) -> dict[str, torch.Tensor]:
     """The adapter tensors in peft's names without the adapter name ("...lora_A.weight")."""
-    return {k.replace(".default", ""): v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    return {k.replace(f".{ADAPTER}", ""): v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
 
 
-def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int) -> dict[str, tuple[torch.nn.Module, list[str]]]:
-    """Copies of the UNet and text encoder, LoRA-wrapped where the config asks (frozen otherwise)."""
+ADAPTER = "loralab_train"
+
+
+@contextmanager
+def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int):
+    """Wrap the pipeline's own UNet (and text encoder) in LoRA layers for the duration of training.
+    No copy is made (at full size a copy would double the memory); afterwards the original
+    modules, ``requires_grad`` flags and train/eval mode are restored exactly."""
     from peft import inject_adapter_in_model
 
-    models = {}
-    for name, wanted, rank, alpha in (
-            ("unet", lcfg.train_unet, lcfg.rank, lcfg.alpha),
-            ("text_encoder", lcfg.text_encoder_rank > 0, lcfg.text_encoder_rank,
-             lcfg.text_encoder_alpha or lcfg.text_encoder_rank)):
-        if not wanted and name == "text_encoder":
-            continue
-        model = copy.deepcopy(getattr(pipe, name)).float().train()
-        model.requires_grad_(False)
-        targets = []
-        if wanted:
-            targets = resolve_targets(model, lcfg.targets if name == "unet" else "attention", lcfg.custom_modules,
-                                      text_encoder=name == "text_encoder")
-            torch.manual_seed(seed)  # peft draws the LoRA A init from the global generator
-            inject_adapter_in_model(_peft_config(lcfg, targets, rank, alpha), model)
+    saved, models = {}, {}
+    try:
+        for name, wanted, rank, alpha in (
+                ("unet", lcfg.train_unet, lcfg.rank, lcfg.alpha),
+                ("text_encoder", lcfg.text_encoder_rank > 0, lcfg.text_encoder_rank,
+                 lcfg.text_encoder_alpha or lcfg.text_encoder_rank)):
+            if not wanted and name == "text_encoder":
+                continue
+            model = getattr(pipe, name)
+            saved[name] = (model.training, {n: p.requires_grad for n, p in model.named_parameters()})
+            model.requires_grad_(False)
+            model.train()
+            targets = []
+            if wanted:
+                targets = resolve_targets(model, lcfg.targets if name == "unet" else "attention", lcfg.custom_modules,
+                                          text_encoder=name == "text_encoder")
+                torch.manual_seed(seed)  # peft draws the LoRA A init from the global generator
+                inject_adapter_in_model(_peft_config(lcfg, targets, rank, alpha), model, adapter_name=ADAPTER)
+                for n, p in model.named_parameters():
+                    if "lora_" in n:
+                        p.data = p.data.float()  # adapters train in fp32 whatever the base precision
+                        p.requires_grad_(True)
+            models[name] = (model, targets)
+        yield models
+    finally:
+        for name, (training, flags) in saved.items():
+            model = getattr(pipe, name)
+            _unwrap(model)
             for n, p in model.named_parameters():
-                p.requires_grad_("lora_" in n)
-        models[name] = (model, targets)
-    return models
+                p.requires_grad_(flags.get(n, True))
+            model.train(training)
+
+
+def _unwrap(model) -> None:
+    """Put every LoRA-wrapped layer's original module back in its place."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                setattr(parent, child_name, child.get_base_layer())
 
 
 class _Batches:
@@ -252,18 +280,22 @@ def latest_checkpoint(folder: Path | None) -> Path | None:
 
 def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec,
                checkpoint_dir: Path | None = None, progress=None) -> TrainResult:
-    """Train a UNet LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
-    The pipeline's own UNet is not modified (training runs on a copy)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        return _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress)
+    """Train a LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
+    The pipeline's modules are wrapped only while training and come back unchanged."""
+    with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models:
+        checkpointing = pipe.unet.is_gradient_checkpointing
+        try:
+            return _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress)
+        finally:
+            if spec.gradient_checkpointing and not checkpointing:
+                pipe.unet.disable_gradient_checkpointing()
 
 
-def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResult:
+def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResult:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     device = pipe.unet.device
-    models = _adapters(pipe, lcfg, spec.seed)
     unet = models["unet"][0]
     if spec.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -291,7 +323,7 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
         for name, (model, targets) in models.items():
             if targets:
                 set_peft_model_state_dict(model, {k[len(name) + 1:]: v for k, v in weights.items()
-                                                  if k.startswith(name + ".")})
+                                                  if k.startswith(name + ".")}, adapter_name=ADAPTER)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         batches.load(state["batches"])
@@ -313,8 +345,12 @@ def _train(pipe, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResu
                 a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
                 noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
                 added = {k: v[index].to(device) for k, v in data.added_cond.items()} or None
+                dtype = unet.dtype  # a half-precision base model takes half-precision inputs
+                if added:
+                    added = {k: v.to(dtype) for k, v in added.items()}
                 with autocast:
-                    pred = unet(noisy, t.to(device), encoder_hidden_states=cond, added_cond_kwargs=added).sample
+                    pred = unet(noisy.to(dtype), t.to(device), encoder_hidden_states=cond.to(dtype),
+                                added_cond_kwargs=added).sample
                 target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
                 per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
                 per_sample = per_sample * noise.weights(snr_t[t]).to(device, torch.float32)

@@ -41,6 +41,10 @@ def test_training_is_bit_identical_for_a_seed_and_leaves_the_pipeline_alone(tiny
     assert any(not torch.equal(a.unet_state[k], c.unet_state[k]) for k in a.unet_state)
     after = tiny.pipe.unet.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert not any(isinstance(m, BaseTunerLayer) for m in tiny.pipe.unet.modules())
+    assert not tiny.pipe.unet.training and not tiny.pipe.unet.is_gradient_checkpointing
 
 
 def test_resume_equals_training_straight_through(tiny, data, tmp_path):
