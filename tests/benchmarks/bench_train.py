@@ -1,0 +1,141 @@
+"""Benchmark: a LoRA training step at full SD1.5 size (random weights), ours vs a reference loop.
+
+The reference has the semantics of diffusers' ``train_text_to_image_lora.py``: VAE encode and text
+encoder on every step, peft LoRA on attention (rank 4), AdamW, fp32. Ours is ``train_lora`` on
+latents and embeddings cached once. Each side runs in its own process so peak memory is its own.
+256 px = 32x32 latents, batch 1 (as REFERENCES.md measured).
+
+    python tests/benchmarks/bench_train.py [--steps 4] [--size 256] [--gradient-checkpointing]
+                                           [--mixed-precision bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LORALAB_NO_PROGRESS", "1")
+
+
+def build():
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from loralab.core.checkpoints import CONFIGS, TOKENIZER
+
+    root = CONFIGS["sd1"]
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
+        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77),
+        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+        scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return pipe
+
+
+def run_reference(pipe, images, captions, steps):
+    import torch
+    from peft import LoraConfig
+
+    unet, vae, te = pipe.unet, pipe.vae, pipe.text_encoder
+    for m in (unet, vae, te):
+        m.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sched = pipe.scheduler
+    g = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(steps + 1):
+        start = time.perf_counter()
+        pixels = images[step % len(images)][None].permute(0, 3, 1, 2) * 2 - 1
+        latents = vae.encode(pixels).latent_dist.sample(generator=g) * vae.config.scaling_factor
+        ids = pipe.tokenizer(captions[step % len(captions)], padding="max_length", max_length=77,
+                             truncation=True, return_tensors="pt").input_ids
+        cond = te(ids)[0]
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, 1000, (1,), generator=g)
+        noisy = sched.add_noise(latents, noise, t)
+        loss = torch.nn.functional.mse_loss(unet(noisy, t, cond).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def run_ours(pipe, images, captions, steps, checkpointing, precision):
+    from loralab.core.lora import LoRAConfigSpec
+    from loralab.core.noise import NoiseStrategy
+    from loralab.core.train import TrainSpec, encode_dataset, train_lora
+
+    data = encode_dataset(pipe, images, captions)
+    times, last = [], [time.perf_counter()]
+
+    def tick(step, loss):
+        now = time.perf_counter()
+        times.append(now - last[0])
+        last[0] = now
+
+    train_lora(pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=4, alpha=4.0, init="gaussian"),
+               TrainSpec(steps=steps + 1, lr=1e-4, gradient_checkpointing=checkpointing, mixed_precision=precision),
+               progress=tick)
+    return times[1:]
+
+
+def child(mode: str, steps: int, size: int, checkpointing: bool, precision: str) -> None:
+    import resource
+
+    import torch
+
+    pipe = build()
+    images = torch.rand(4, size, size, 3, generator=torch.Generator().manual_seed(1))
+    captions = ["a photo of a cat", "a red car", "a house", "a tree"]
+    times = run_reference(pipe, images, captions, steps) if mode == "reference" else \
+        run_ours(pipe, images, captions, steps, checkpointing, precision)
+    print(json.dumps({"mode": mode, "seconds_per_step": sorted(times)[len(times) // 2],
+                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="ours only")
+    parser.add_argument("--child", choices=["reference", "ours"])
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.steps, args.size, args.gradient_checkpointing, args.mixed_precision)
+        return
+    rows = {}
+    for mode in ("reference", "ours"):
+        cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--size", str(args.size)]
+        if args.gradient_checkpointing:
+            cmd.append("--gradient-checkpointing")
+        cmd += ["--mixed-precision", args.mixed_precision]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        rows[mode] = json.loads(out)
+    ref, ours = rows["reference"], rows["ours"]
+    print(f"LoRA training step, full-size SD1.5 (random weights), {args.size}px, batch 1, rank 4 attention, fp32"
+          + (", gradient checkpointing (ours)" if args.gradient_checkpointing else "")
+          + (f", {args.mixed_precision} autocast (ours)" if args.mixed_precision != "no" else ""))
+    print(f"{'':34} {'s/step':>8} {'peak RSS GiB':>13}")
+    print(f"{'reference (VAE + TE every step)':34} {ref['seconds_per_step']:8.2f} {ref['peak_rss_gib']:13.2f}")
+    print(f"{'ours (cached latents/embeddings)':34} {ours['seconds_per_step']:8.2f} {ours['peak_rss_gib']:13.2f}")
+    print(f"speed-up (steps/s ratio) {ref['seconds_per_step'] / ours['seconds_per_step']:.2f}x; "
+          f"memory ratio {ours['peak_rss_gib'] / ref['peak_rss_gib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
