@@ -27,24 +27,12 @@ from loralab.core.samplers import SAMPLERS, SamplerSpec, build_scheduler  # noqa
 
 
 def full_size_sd15():
-    """SD1.5's architecture from the shipped configs with random weights (no download)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from fullsize import sd15_random_pipeline
 
-    from loralab.core.checkpoints import CONFIGS, TOKENIZER
     from loralab.core.pipeline import LabPipeline
 
-    root = CONFIGS["sd1"]
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
-        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
-        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77),
-        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
-        scheduler=load_pipeline("embedded: tiny-sd", "fp32", "cpu").pipe.scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return LabPipeline(pipe, "sd15-random", "sd1")
+    scheduler = load_pipeline("embedded: tiny-sd", "fp32", "cpu").pipe.scheduler  # SD1.5's noise schedule
+    return LabPipeline(sd15_random_pipeline(scheduler), "sd15-random", "sd1")
 
 
 def bench(samplers: list[str], steps: int, repeats: int, size: int, full_size: bool = False) -> list[tuple]:

@@ -23,22 +23,9 @@ os.environ.setdefault("LORALAB_NO_PROGRESS", "1")
 
 
 def build():
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from fullsize import sd15_random_pipeline
 
-    from loralab.core.checkpoints import CONFIGS, TOKENIZER
-
-    root = CONFIGS["sd1"]
-    torch.manual_seed(0)
-    pipe = StableDiffusionPipeline(
-        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
-        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
-        tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77),
-        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
-        scheduler=DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    return pipe
+    return sd15_random_pipeline()
 
 
 def run_reference(pipe, images, captions, steps):
