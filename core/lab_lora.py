@@ -15,6 +15,7 @@ class LabLoRA:
     family: str
     name: str = "lora"
     metadata: dict = field(default_factory=dict)
+    validation_images: list = field(default_factory=list)  # (step, IMAGE batch) during training
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
     seconds: float = 0.0

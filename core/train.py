@@ -49,6 +49,9 @@ class TrainSpec:
     gradient_checkpointing: bool = False
     seed: int = 0
     checkpoint_every: int = 0  # 0 = only at the end
+    epochs: int = 0  # > 0: train this many passes over the data instead of ``steps``
+    validation_every: int = 0  # 0 = no validation images
+    validation_prompt: str = ""
 
 
 @dataclass
@@ -279,19 +282,30 @@ def latest_checkpoint(folder: Path | None) -> Path | None:
 
 
 def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec,
-               checkpoint_dir: Path | None = None, progress=None) -> TrainResult:
+               checkpoint_dir: Path | None = None, progress=None, validation=None) -> TrainResult:
     """Train a LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
     The pipeline's modules are wrapped only while training and come back unchanged."""
     with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models:
         checkpointing = pipe.unet.is_gradient_checkpointing
         try:
-            return _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress)
+            return _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, validation)
         finally:
             if spec.gradient_checkpointing and not checkpointing:
                 pipe.unet.disable_gradient_checkpointing()
 
 
-def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress) -> TrainResult:
+def steps_for(spec: TrainSpec, n_examples: int) -> TrainSpec:
+    """Resolve ``epochs`` into optimizer steps (each step sees batch_size x grad_accum examples)."""
+    import dataclasses
+    import math
+
+    if spec.epochs <= 0:
+        return spec
+    per_step = spec.batch_size * spec.grad_accum
+    return dataclasses.replace(spec, steps=max(1, math.ceil(spec.epochs * n_examples / per_step)))
+
+
+def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, validation=None) -> TrainResult:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -376,6 +390,10 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress) -> T
                                                (spec.checkpoint_every and step % spec.checkpoint_every == 0)):
                 _save_checkpoint(checkpoint_dir, step, models, optimizer, schedule, batches, noise_gen, losses, lrs,
                                  signature)
+            if validation is not None and spec.validation_every and step % spec.validation_every == 0:
+                unet.eval()  # the adapters are live in the pipeline's own UNet: sample with them
+                validation(step)
+                unet.train()
             if progress is not None:
                 progress(step, total)
     te_state = lora_state(text_encoder) if text_encoder is not None else {}
@@ -401,16 +419,30 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
         raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
                          "images or one per image")
     captions = captions * len(images) if len(captions) == 1 else captions
+    spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
         data = encode_dataset(lp.pipe, images.clone(), captions, weights)
+    validation_images = []
+
+    def validate(step: int) -> None:
+        from .generate import GenerateSettings, generate
+        from .prompts import Prompt
+        from .samplers import SamplerSpec
+
+        height, width = images.shape[1:3]
+        prompt = spec.validation_prompt or captions[0]
+        out, _ = generate(lp, SamplerSpec("euler"), [Prompt(prompt)],
+                          GenerateSettings(steps=20, cfg=7.5, seed=spec.seed, width=width, height=height))
+        validation_images.append((step, out))
+
     with progress(spec.steps, "train") as bar:
         result = train_lora(lp.pipe, data, noise, lcfg, spec, checkpoint_dir,
-                            progress=lambda step, loss: bar.update(1))
+                            progress=lambda step, loss: bar.update(1), validation=validate)
     meta = kohya_metadata(lcfg.rank, lcfg.alpha, lp.family, {
         "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
         "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],
         "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets})
     tensors = {**to_kohya(result.unet_state, lcfg.alpha),
                **to_kohya(result.text_encoder_state, lcfg.text_encoder_alpha or lcfg.text_encoder_rank, "lora_te")}
-    return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta,
+    return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta, validation_images,
                    result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters)

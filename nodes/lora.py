@@ -34,6 +34,12 @@ class LoRALabTrainConfig:
                                         "tooltip": "Gradient clipping by global norm; 0 = off."}),
             "checkpoint_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip":
                                  "Save a resumable checkpoint every N steps (0 = only at the end)."}),
+            "epochs": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip":
+                       "Passes over the data; > 0 overrides steps (seeds 002/004 count epochs)."}),
+            "validation_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip":
+                                 "Render a validation image every N steps with the LoRA so far (0 = never)."}),
+            "validation_prompt": ("STRING", {"default": "", "tooltip":
+                                  "Prompt of the validation images (empty = the first caption)."}),
             "mixed_precision": (["no", "bf16", "fp16"], {"default": "no", "tooltip":
                                 "Autocast the UNet forward: bf16 (CPUs with bf16 support, recent GPUs) or fp16 "
                                 "(GPU, with loss scaling). LoRA weights and optimizer stay fp32."}),
@@ -43,14 +49,16 @@ class LoRALabTrainConfig:
 
     def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",
               gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0,
-              mixed_precision="no", gradient_checkpointing=False):
+              mixed_precision="no", gradient_checkpointing=False, epochs=0, validation_every=0,
+              validation_prompt=""):
         from ..core.train import TrainSpec
 
         return (TrainSpec(steps=steps, batch_size=batch_size, grad_accum=gradient_accumulation, optimizer=optimizer,
                           lr=learning_rate, weight_decay=weight_decay, lr_schedule=lr_schedule,
                           warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, seed=seed,
                           checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
-                          gradient_checkpointing=gradient_checkpointing),)
+                          gradient_checkpointing=gradient_checkpointing, epochs=epochs,
+                          validation_every=validation_every, validation_prompt=validation_prompt),)
 
 
 class LoRALabTrainLoRA:
@@ -58,10 +66,11 @@ class LoRALabTrainLoRA:
                    "text embeddings are encoded once; checkpoints resume exactly (same run_name). "
                    "Returns the LoRA, the pipeline with it applied, and a cost row.")
     CATEGORY = "LoRA Lab/train"
-    RETURN_TYPES = ("LL_LORA", "LL_PIPELINE", "LL_SCORES")
-    RETURN_NAMES = ("lora", "pipeline", "cost")
+    RETURN_TYPES = ("LL_LORA", "LL_PIPELINE", "LL_SCORES", "IMAGE")
+    RETURN_NAMES = ("lora", "pipeline", "cost", "validation")
     OUTPUT_TOOLTIPS = ("The trained LoRA (save it with Save LoRA).", "The input pipeline with the LoRA merged in.",
-                       "One row: training seconds, peak memory, trainable parameters, final loss.")
+                       "One row: training seconds, peak memory, trainable parameters, final loss.",
+                       "The validation images rendered during training, in step order (empty if none).")
     FUNCTION = "train"
 
     @classmethod
@@ -108,7 +117,11 @@ class LoRALabTrainLoRA:
         row = {"model": pipeline.name, "lora": run_name, "rank": lora.rank, "alpha": lora.alpha,
                "train_seconds": lora.seconds, "train_peak_memory_mb": lora.peak_memory_mb,
                "trainable_parameters": lora.trainable_parameters, "final_loss": lora.losses[-1]}
-        return (lora, applied, ScoreTable(("model", "lora"), [row]))
+        import torch
+
+        shots = [batch for _, batch in lora.validation_images]
+        validation = torch.cat(shots) if shots else torch.zeros(0, *images.shape[1:3], 3)
+        return (lora, applied, ScoreTable(("model", "lora"), [row]), validation)
 
 
 class LoRALabApplyLoRA:

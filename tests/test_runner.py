@@ -297,12 +297,14 @@ def test_unchanged_nodes_are_served_from_the_cache_and_is_changed_can_force_a_re
 
 def test_training_workflow_trains_saves_and_renders_before_and_after(tmp_path):
     path = QUICKSTART.with_name("train_lora.json")
-    fast = ["--set", "Train Config.steps=6", "--set", "Train Config.checkpoint_every=3"]
+    fast = ["--set", "Train Config.steps=6", "--set", "Train Config.checkpoint_every=3",
+            "--set", "Train Config.validation_every=3"]
     assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
     out = tmp_path / "out"
     assert len(list((out / "loras").glob("tiny-style_*_.safetensors"))) == 1
     assert len(list((out / "train_lora").glob("before_*.png"))) == 2
     assert len(list((out / "train_lora").glob("after_*.png"))) == 2
+    assert len(list((out / "train_lora").glob("validation_*.png"))) == 2  # steps 3 and 6
     assert (out / "loralab_checkpoints" / "tiny-style" / "checkpoint-0000006" / "state.pt").is_file()
 
 

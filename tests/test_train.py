@@ -103,7 +103,7 @@ def test_train_apply_and_save_nodes(tiny, data, output_dir):
     from loralab.nodes.lora import LoRALabApplyLoRA, LoRALabSaveLoRA, LoRALabTrainLoRA
 
     images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(5))
-    lora, applied, cost = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA,
+    lora, applied, cost, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA,
                                                    TrainSpec(steps=20, batch_size=2, lr=1e-2), "t1",
                                                    images=images, captions="a sks photo")
     assert cost.rows[0]["trainable_parameters"] == lora.trainable_parameters > 0
@@ -125,9 +125,9 @@ def test_saved_lora_loads_back_by_name_and_blends(tiny, data, output_dir, monkey
 
     images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(6))
     spec = TrainSpec(steps=3, batch_size=2, lr=1e-2)
-    a, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "a", images=images, captions="x")
+    a, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "a", images=images, captions="x")
     other = TrainSpec(**{**spec.__dict__, "seed": 9})
-    b, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, other, "b", images=images, captions="y")
+    b, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, other, "b", images=images, captions="y")
     LoRALabSaveLoRA().save(a, "loras/a")
     monkeypatch.setenv("LORALAB_MODELS_DIR", str(output_dir))
     assert "a_00001_.safetensors" in LoRALabLoadLoRA.INPUT_TYPES()["required"]["lora_name"][0]
@@ -170,7 +170,7 @@ def test_image_folder_dataset_reads_captions_and_trains(tiny, output_dir, tmp_pa
     for bad in ("../outside", "/etc", "nope"):
         with pytest.raises(ValueError, match="folder"):
             node.load(bad, 32, "center", False)
-    lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, TrainSpec(steps=2, batch_size=2), "ds",
+    lora, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, TrainSpec(steps=2, batch_size=2), "ds",
                                           dataset=dataset)
     assert lora.metadata["ss_num_train_images"] == "6"
 
@@ -204,7 +204,7 @@ def test_a_text_encoder_lora_file_uses_comfyuis_te_keys_and_changes_generation(t
 
     images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(8))
     te_only = LoRAConfigSpec(rank=4, alpha=8.0, train_unet=False, text_encoder_rank=4, text_encoder_alpha=8.0)
-    lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), te_only, TrainSpec(steps=10, batch_size=2, lr=5e-2),
+    lora, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), te_only, TrainSpec(steps=10, batch_size=2, lr=5e-2),
                                           "te", images=images, captions="a sks photo")
     assert lora.tensors and all(k.startswith("lora_te_text_model_encoder_layers_") for k in lora.tensors)
     assert {float(v) for k, v in lora.tensors.items() if k.endswith(".alpha")} == {8.0}
@@ -249,7 +249,7 @@ def test_single_image_concept_adds_weighted_class_images_and_the_weights_reach_t
     data = encode_dataset(tiny.pipe, images, dataset.captions, [1.0, 0.0, 0.0, 0.0])
     weighted = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
     assert sum(loss == 0.0 for loss in weighted.losses) == 3 and sum(loss > 0 for loss in weighted.losses) == 1
-    lora, _, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "concept", dataset=dataset)
+    lora, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "concept", dataset=dataset)
     assert lora.metadata["ss_num_train_images"] == "4"
 
 
@@ -289,3 +289,20 @@ def test_sdxl_text_encoder_keys_follow_kohyas_te1_te2_layout():
         "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
     assert kohya_name("text_model.encoder.layers.31.mlp.fc2", "lora_te2") == \
         "lora_te2_text_model_encoder_layers_31_mlp_fc2"
+
+
+def test_epochs_set_the_step_count_and_validation_images_show_the_lora_so_far(tiny, output_dir):
+    from loralab.core.train import steps_for
+    from loralab.nodes.lora import LoRALabTrainLoRA
+
+    assert steps_for(TrainSpec(epochs=3, batch_size=2, grad_accum=2), 10).steps == 8  # ceil(30 / 4)
+    assert steps_for(TrainSpec(steps=7), 10).steps == 7
+    images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(2))
+    spec = TrainSpec(epochs=4, batch_size=2, lr=3e-2, validation_every=2, validation_prompt="a sks photo")
+    lora, _, _, shots = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "val", images=images,
+                                                 captions="a sks photo")
+    assert len(lora.losses) == 4 and [s for s, _ in lora.validation_images] == [2, 4]
+    assert shots.shape == (2, 32, 32, 3) and (shots[0] - shots[1]).abs().max() > 1e-4
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    assert not any(isinstance(m, BaseTunerLayer) for m in tiny.pipe.unet.modules())
