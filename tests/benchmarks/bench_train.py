@@ -6,7 +6,7 @@ latents and embeddings cached once. Each side runs in its own process so peak me
 256 px = 32x32 latents, batch 1 (as REFERENCES.md measured).
 
     python tests/benchmarks/bench_train.py [--steps 4] [--size 256] [--gradient-checkpointing]
-                                           [--mixed-precision bf16]
+                                           [--mixed-precision bf16] [--tiny]
 """
 
 from __future__ import annotations
@@ -22,10 +22,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LORALAB_NO_PROGRESS", "1")
 
 
-def build():
+def build(tiny: bool = False):
     from fullsize import sd15_random_pipeline
 
-    return sd15_random_pipeline()
+    if not tiny:
+        return sd15_random_pipeline()
+    from diffusers import DDPMScheduler
+
+    from loralab.core.pipeline import load_pipeline
+
+    pipe = load_pipeline("embedded: tiny-sd", "fp32", "cpu").pipe
+    pipe.scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return pipe
 
 
 def run_reference(pipe, images, captions, steps):
@@ -80,12 +88,12 @@ def run_ours(pipe, images, captions, steps, checkpointing, precision):
     return times[1:]
 
 
-def child(mode: str, steps: int, size: int, checkpointing: bool, precision: str) -> None:
+def child(mode: str, steps: int, size: int, checkpointing: bool, precision: str, tiny: bool) -> None:
     import resource
 
     import torch
 
-    pipe = build()
+    pipe = build(tiny)
     images = torch.rand(4, size, size, 3, generator=torch.Generator().manual_seed(1))
     captions = ["a photo of a cat", "a red car", "a house", "a tree"]
     times = run_reference(pipe, images, captions, steps) if mode == "reference" else \
@@ -100,26 +108,28 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="ours only")
+    parser.add_argument("--tiny", action="store_true", help="the embedded tiny model instead of full-size SD1.5")
     parser.add_argument("--child", choices=["reference", "ours"])
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.steps, args.size, args.gradient_checkpointing, args.mixed_precision)
+        child(args.child, args.steps, args.size, args.gradient_checkpointing, args.mixed_precision, args.tiny)
         return
     rows = {}
     for mode in ("reference", "ours"):
         cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--size", str(args.size)]
         if args.gradient_checkpointing:
             cmd.append("--gradient-checkpointing")
-        cmd += ["--mixed-precision", args.mixed_precision]
+        cmd += ["--mixed-precision", args.mixed_precision] + (["--tiny"] if args.tiny else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows[mode] = json.loads(out)
     ref, ours = rows["reference"], rows["ours"]
-    print(f"LoRA training step, full-size SD1.5 (random weights), {args.size}px, batch 1, rank 4 attention, fp32"
+    model = "embedded tiny model" if args.tiny else "full-size SD1.5 (random weights)"
+    print(f"LoRA training step, {model}, {args.size}px, batch 1, rank 4 attention, fp32"
           + (", gradient checkpointing (ours)" if args.gradient_checkpointing else "")
           + (f", {args.mixed_precision} autocast (ours)" if args.mixed_precision != "no" else ""))
     print(f"{'':34} {'s/step':>8} {'peak RSS GiB':>13}")
-    print(f"{'reference (VAE + TE every step)':34} {ref['seconds_per_step']:8.2f} {ref['peak_rss_gib']:13.2f}")
-    print(f"{'ours (cached latents/embeddings)':34} {ours['seconds_per_step']:8.2f} {ours['peak_rss_gib']:13.2f}")
+    print(f"{'reference (VAE + TE every step)':34} {ref['seconds_per_step']:8.3f} {ref['peak_rss_gib']:13.2f}")
+    print(f"{'ours (cached latents/embeddings)':34} {ours['seconds_per_step']:8.3f} {ours['peak_rss_gib']:13.2f}")
     print(f"speed-up (steps/s ratio) {ref['seconds_per_step'] / ours['seconds_per_step']:.2f}x; "
           f"memory ratio {ours['peak_rss_gib'] / ref['peak_rss_gib']:.2f}")
 
