@@ -96,7 +96,25 @@ def module_index(pipe) -> dict[str, tuple[object, str]]:
         for path, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 index[kohya_name(path, prefix)] = (component, path)
+    # ComfyUI's own LoRA trainer names UNet modules the original way, under "diffusion_model.".
+    from .ldm_names import unet_ldm_keys
+
+    weighted = [path for path, module in pipe.unet.named_modules() if hasattr(module, "weight")]
+    for key, ldm in unet_ldm_keys([f"{p}.weight" for p in weighted], pipe.unet.config).items():
+        index["diffusion_model." + ldm.removesuffix(".weight")] = ("unet", key.removesuffix(".weight"))
     return index
+
+
+def offsets(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+    """Full weight/bias offsets (``<module>.diff`` / ``.diff_b``) that ComfyUI's trainer writes for
+    layers it trains directly (norms, biases): module name -> (parameter, offset)."""
+    out = {}
+    for key, value in tensors.items():
+        for suffix, parameter in ((".diff_b", "bias"), (".diff", "weight")):
+            if key.endswith(suffix):
+                out[key[: -len(suffix)] + "|" + parameter] = (parameter, value)
+                break
+    return out
 
 
 def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text_strength: float):
@@ -105,8 +123,10 @@ def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text
     import copy
 
     deltas = delta_weights(kohya)
+    extra = offsets(kohya)
     index = module_index(pipe)
-    touched = {index[name][0] for name in deltas if name in index}
+    names = list(deltas) + [key.split("|")[0] for key in extra]
+    touched = {index[name][0] for name in names if name in index}
     new = copy.copy(pipe)
     for component in touched:
         setattr(new, component, copy.deepcopy(getattr(pipe, component)))
@@ -121,13 +141,24 @@ def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text
             strength = unet_strength if component == "unet" else text_strength
             weight = modules[component][path].weight
             weight += (strength * delta).reshape(weight.shape).to(weight.dtype)
+        for key, (parameter, offset) in extra.items():
+            name = key.split("|")[0]
+            if name not in index or getattr(modules[index[name][0]][index[name][1]], parameter, None) is None:
+                unmatched.append(name)
+                continue
+            component, path = index[name]
+            strength = unet_strength if component == "unet" else text_strength
+            target = getattr(modules[component][path], parameter)
+            target += (strength * offset.float()).reshape(target.shape).to(target.dtype)
     return new, unmatched
 
 
 def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """kohya-layout tensors and metadata from a LoRA file in kohya layout or in diffusers/peft
-    layout (``unet.<module>.lora_A.weight``, ``text_encoder.<module>.lora_B.weight``; alpha = rank
-    unless peft's adapter metadata says otherwise). Only safetensors files are read."""
+    """kohya-layout tensors and metadata from a LoRA file in kohya layout, in ComfyUI's trainer layout
+    (``diffusion_model.<original module>.lora_up/down.weight``, ``.alpha``, ``.diff``, ``.diff_b``: kept
+    as they are and matched to the model when applied), or in diffusers/peft layout
+    (``unet.<module>.lora_A.weight``; alpha = rank unless peft's adapter metadata says otherwise).
+    Only safetensors files are read."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -139,8 +170,8 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
             metadata = dict(f.metadata() or {})
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise ValueError(f"LoRA file {str(path)!r} is not a readable safetensors file ({e})") from None
-    if any(k.startswith(("lora_unet_", "lora_te")) for k in tensors):
-        return tensors, metadata
+    if any(k.startswith(("lora_unet_", "lora_te", "diffusion_model.")) for k in tensors):
+        return tensors, metadata  # kohya, or ComfyUI's trainer (resolved against the model when applied)
     prefixes = {"unet.": "lora_unet", "text_encoder.": "lora_te", "text_encoder_2.": "lora_te2"}
     alpha = None
     if "lora_adapter_metadata" in metadata:  # newer diffusers/peft store lora_alpha there

@@ -199,8 +199,8 @@ class LoRALabSaveLoRA:
 
 
 class LoRALabLoadLoRA:
-    DESCRIPTION = ("Load a LoRA file (kohya layout, as ComfyUI/A1111/kohya write it, or diffusers/peft layout). "
-                   "Only .safetensors files are read.")
+    DESCRIPTION = ("Load a LoRA file: kohya layout (A1111/kohya/LoRA Lab), ComfyUI's own trainer layout, or "
+                   "diffusers/peft layout. Only .safetensors files are read.")
     CATEGORY = "LoRA Lab/lora"
     RETURN_TYPES = ("LL_LORA",)
     RETURN_NAMES = ("lora",)
@@ -226,8 +226,8 @@ class LoRALabLoadLoRA:
         tensors, meta = read_lora_file(files[lora_name])
         down = next(v for k, v in tensors.items() if k.endswith(".lora_down.weight"))
         alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(down.shape[0]))
-        family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_")) for k in tensors) or \
-            meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
+        family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_", "diffusion_model.label_emb")) for k in tensors) \
+            or meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
         return (LabLoRA(tensors, int(down.shape[0]), alpha, family, lora_name, meta,
                         file_size_bytes=files[lora_name].stat().st_size),)
 

@@ -7,15 +7,10 @@ round trip through diffusers' own converters, so a wrong key here fails loudly.
 
 from __future__ import annotations
 
-RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-          "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+from loralab.core.ldm_names import unet_ldm_keys
+
 VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
 VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-            "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-            "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-
-
 def _rename(rest: str, table: dict[str, str]) -> str:
     for new, old in table.items():
         if rest.startswith(new + "."):
@@ -24,37 +19,8 @@ def _rename(rest: str, table: dict[str, str]) -> str:
 
 
 def unet_to_ldm(state: dict, config) -> dict:
-    lpb = config["layers_per_block"]
-    n_blocks = len(config["block_out_channels"])
-    out = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] in ("down_blocks", "up_blocks"):
-            i, kind, j, rest = int(parts[1]), parts[2], parts[3], ".".join(parts[4:])
-            if parts[0] == "down_blocks":
-                if kind == "downsamplers":
-                    ldm = f"input_blocks.{(i + 1) * (lpb + 1)}.0.op.{rest.removeprefix('conv.')}"
-                else:
-                    index = i * (lpb + 1) + int(j) + 1
-                    ldm = f"input_blocks.{index}.{0 if kind == 'resnets' else 1}." + (
-                        _rename(rest, RESNET) if kind == "resnets" else rest)
-            else:
-                if kind == "upsamplers":
-                    has_attention = any(k.startswith(f"up_blocks.{i}.attentions.") for k in state)
-                    ldm = f"output_blocks.{i * (lpb + 1) + lpb}.{2 if has_attention else 1}.{rest}"
-                else:
-                    index = i * (lpb + 1) + int(j)
-                    ldm = f"output_blocks.{index}.{0 if kind == 'resnets' else 1}." + (
-                        _rename(rest, RESNET) if kind == "resnets" else rest)
-        elif parts[0] == "mid_block":
-            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
-            ldm = f"middle_block.{2 * j if kind == 'resnets' else 1}." + (
-                _rename(rest, RESNET) if kind == "resnets" else rest)
-        else:
-            ldm = _rename(key, UNET_TOP)
-        out["model.diffusion_model." + ldm] = value
-    assert n_blocks > 0
-    return out
+    names = unet_ldm_keys(state, config)
+    return {"model.diffusion_model." + names[k]: v for k, v in state.items()}
 
 
 def vae_to_ldm(state: dict, config) -> dict:

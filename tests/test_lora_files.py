@@ -122,3 +122,40 @@ def test_our_files_and_diffusers_layout_files_read_back(tiny, tmp_path):
         torch.testing.assert_close(delta, expected[name])
     with pytest.raises(ValueError, match="only .safetensors"):
         read_lora_file(tmp_path / "x.ckpt")
+
+
+def test_comfyui_trainer_layout_applies_like_the_same_lora_in_kohya_layout(tiny, tmp_path):
+    """ComfyUI's Train LoRA writes ``diffusion_model.<original name>.lora_up/down.weight`` + ``.alpha``
+    and ``.diff``/``.diff_b`` offsets for norms and biases (comfy_extras/nodes_train.py)."""
+    from safetensors.torch import save_file
+
+    from loralab.core.ldm_names import unet_ldm_keys
+    from loralab.core.lora_files import merged_copy, read_lora_file
+
+    unet = tiny.pipe.unet
+    targets = resolve_targets(unet, "all_linear+conv")
+    kohya = to_kohya(random_lora(unet, targets, 4, seed=7), alpha=2.0)
+    ldm = unet_ldm_keys([f"{t}.weight" for t in targets], unet.config)
+    comfy = {}
+    for t in targets:
+        name = "diffusion_model." + ldm[f"{t}.weight"].removesuffix(".weight")
+        k = "lora_unet_" + t.replace(".", "_")
+        comfy[f"{name}.lora_down.weight"] = kohya[f"{k}.lora_down.weight"]
+        comfy[f"{name}.lora_up.weight"] = kohya[f"{k}.lora_up.weight"]
+        comfy[f"{name}.alpha"] = kohya[f"{k}.alpha"]
+    norm = "down_blocks.0.resnets.0.norm1"
+    norm_ldm = "diffusion_model." + unet_ldm_keys([f"{norm}.weight"], unet.config)[f"{norm}.weight"][:-7]
+    comfy[f"{norm_ldm}.diff"] = torch.full_like(dict(unet.named_modules())[norm].weight, 0.5)
+    comfy[f"{norm_ldm}.diff_b"] = torch.full_like(dict(unet.named_modules())[norm].bias, -0.25)
+    save_file(comfy, tmp_path / "comfy.safetensors")
+    tensors, _ = read_lora_file(tmp_path / "comfy.safetensors")
+    from_comfy, unmatched = merged_copy(tiny.pipe, tensors, 1.0, 1.0)
+    from_kohya, _ = merged_copy(tiny.pipe, kohya, 1.0, 1.0)
+    assert unmatched == []
+    a, b = from_comfy.unet.state_dict(), from_kohya.unet.state_dict()
+    for key in a:
+        if key.startswith(norm):
+            offset = 0.5 if key.endswith("weight") else -0.25
+            torch.testing.assert_close(a[key], unet.state_dict()[key] + offset)
+        else:
+            torch.testing.assert_close(a[key], b[key])
