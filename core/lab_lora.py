@@ -22,7 +22,3 @@ class LabLoRA:
     peak_memory_mb: float = 0.0
     trainable_parameters: int = 0
     file_size_bytes: int = 0
-
-    @property
-    def parameters(self) -> int:
-        return sum(v.numel() for k, v in self.tensors.items() if not k.endswith(".alpha"))

@@ -6,7 +6,7 @@ into the exact list of module names of a given model, which peft then wraps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 UNET_PRESETS = ("attention", "attention+ff", "all_linear", "all_linear+conv", "custom")
 INITS = ("kaiming", "gaussian")  # peft: init_lora_weights=True (Kaiming-uniform A, zero B) / "gaussian"
@@ -29,7 +29,6 @@ class LoRAConfigSpec:
     init: str = "kaiming"
     dropout: float = 0.0
     variant: str = "lora"
-    extra: dict = field(default_factory=dict)
 
     @property
     def scale(self) -> float:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .errors import NodeExecutionError
-from .results import RESULT, read_records, write_record, write_tables
+from .results import read_records, write_record, write_tables
 from .sweep import expand, load_experiment, shard
 
 
@@ -83,5 +83,3 @@ def cmd_sweep(args) -> int:
     print(f"{finished} finished runs; results in {output_dir / 'results.csv'} and results.jsonl")
     return 1 if failed else 0
 
-
-__all__ = ["cmd_sweep", "RESULT"]
