@@ -64,14 +64,14 @@ class TrainingData:
     tokens: torch.Tensor | None = None  # token ids, for training a text-encoder LoRA
     weights: torch.Tensor | None = None  # per-example loss weights (DreamBooth prior preservation)
     added_cond: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL: text_embeds, time_ids
+    tokens_2: torch.Tensor | None = None  # SDXL: the second tokenizer's ids
 
 
 @dataclass
 class TrainResult:
     """What Train LoRA hands on (``LL_LORA`` carries it)."""
 
-    unet_state: dict[str, torch.Tensor]  # peft names: "<module>.lora_A.weight" / ".lora_B.weight"
-    text_encoder_state: dict[str, torch.Tensor]
+    states: dict[str, dict[str, torch.Tensor]]  # component -> peft names "<module>.lora_A/B.weight"
     targets: list[str]
     config: LoRAConfigSpec
     losses: list[float]
@@ -81,6 +81,14 @@ class TrainResult:
     trainable_parameters: int
     step: int
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def unet_state(self) -> dict[str, torch.Tensor]:
+        return self.states.get("unet", {})
+
+    @property
+    def text_encoder_state(self) -> dict[str, torch.Tensor]:
+        return self.states.get("text_encoder", {})
 
 
 @torch.no_grad()
@@ -103,10 +111,23 @@ def encode_dataset(pipe, images: torch.Tensor, captions: list[str], weights: lis
         time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), torch.float32,
                                           pipe.text_encoder_2.config.projection_dim)
         added = {"text_embeds": pooled.float().cpu(), "time_ids": time_ids.repeat(len(captions), 1)}
+        tokens_2 = pipe.tokenizer_2(captions, padding="max_length", max_length=pipe.tokenizer_2.model_max_length,
+                                    truncation=True, return_tensors="pt").input_ids
     else:
-        embeddings = pipe.text_encoder(tokens)[0]
+        embeddings, tokens_2 = pipe.text_encoder(tokens)[0], None
     return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions), tokens.cpu(),
-                        example_weights, added)
+                        example_weights, added, tokens_2)
+
+
+def encode_text(text_encoder, tokens: torch.Tensor, text_encoder_2=None, tokens_2: torch.Tensor | None = None):
+    """The UNet's text conditioning, as diffusers' pipelines compute it: SD1, the last hidden state;
+    SDXL, both encoders' penultimate hidden states side by side, plus the second encoder's pooled
+    projection (returned second; None for SD1)."""
+    if text_encoder_2 is None:
+        return text_encoder(tokens)[0], None
+    first = text_encoder(tokens, output_hidden_states=True).hidden_states[-2]
+    second = text_encoder_2(tokens_2, output_hidden_states=True)
+    return torch.cat([first, second.hidden_states[-2]], dim=-1), second[0]
 
 
 def _optimizer(params, spec: TrainSpec):
@@ -164,13 +185,13 @@ def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int):
     from peft import inject_adapter_in_model
 
     saved, models = {}, {}
+    te_alpha = lcfg.text_encoder_alpha or lcfg.text_encoder_rank
+    components = [("unet", lcfg.train_unet, lcfg.rank, lcfg.alpha)]
+    if lcfg.text_encoder_rank > 0:  # SDXL: both encoders, as kohya trains them (lora_te1_/lora_te2_)
+        components += [(name, True, lcfg.text_encoder_rank, te_alpha) for name in ("text_encoder", "text_encoder_2")
+                       if getattr(pipe, name, None) is not None]
     try:
-        for name, wanted, rank, alpha in (
-                ("unet", lcfg.train_unet, lcfg.rank, lcfg.alpha),
-                ("text_encoder", lcfg.text_encoder_rank > 0, lcfg.text_encoder_rank,
-                 lcfg.text_encoder_alpha or lcfg.text_encoder_rank)):
-            if not wanted and name == "text_encoder":
-                continue
+        for name, wanted, rank, alpha in components:
             model = getattr(pipe, name)
             saved[name] = (model.training, {n: p.requires_grad for n, p in model.named_parameters()})
             model.requires_grad_(False)
@@ -178,7 +199,7 @@ def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int):
             targets = []
             if wanted:
                 targets = resolve_targets(model, lcfg.targets if name == "unet" else "attention", lcfg.custom_modules,
-                                          text_encoder=name == "text_encoder")
+                                          text_encoder=name != "unet")
                 torch.manual_seed(seed)  # peft draws the LoRA A init from the global generator
                 inject_adapter_in_model(_peft_config(lcfg, targets, rank, alpha), model, adapter_name=ADAPTER)
                 for n, p in model.named_parameters():
@@ -316,6 +337,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     autocast = _autocast(spec.mixed_precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=spec.mixed_precision == "fp16")
     text_encoder = models.get("text_encoder", (None,))[0]
+    text_encoder_2 = models.get("text_encoder_2", (None,))[0]
     params = [p for model, _ in models.values() for n, p in model.named_parameters() if "lora_" in n]
     optimizer = _optimizer(params, spec)
     schedule = _lr_schedule(optimizer, spec)
@@ -325,6 +347,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     snr_t = snr(alpha_bar)
     latents, embeddings = data.latents.clone().to(device), data.embeddings.clone().to(device)
     tokens = data.tokens.clone().to(device) if text_encoder is not None else None
+    tokens_2 = data.tokens_2.clone().to(device) if text_encoder_2 is not None else None
     step, losses, lrs = 0, [], []
     signature = run_signature(data, noise, lcfg, spec)
     resume = latest_checkpoint(checkpoint_dir)
@@ -352,13 +375,19 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
             for _ in range(spec.grad_accum):
                 index = batches.next()
                 x0 = latents[index]
-                cond = text_encoder(tokens[index])[0] if text_encoder is not None else embeddings[index]
+                added = {k: v[index].to(device) for k, v in data.added_cond.items()} or None
+                if text_encoder is not None:
+                    cond, pooled = encode_text(text_encoder, tokens[index], text_encoder_2,
+                                               tokens_2[index] if tokens_2 is not None else None)
+                    if pooled is not None:
+                        added["text_embeds"] = pooled
+                else:
+                    cond = embeddings[index]
                 t = noise.sample(len(index), snr_t, noise_gen)
                 eps = offset_noise(x0.shape, noise_gen, noise.noise_offset).to(device)
                 eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
                 a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
                 noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
-                added = {k: v[index].to(device) for k, v in data.added_cond.items()} or None
                 dtype = unet.dtype  # a half-precision base model takes half-precision inputs
                 if added:
                     added = {k: v.to(dtype) for k, v in added.items()}
@@ -396,10 +425,9 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
                 unet.train()
             if progress is not None:
                 progress(step, total)
-    te_state = lora_state(text_encoder) if text_encoder is not None else {}
+    states = {name: lora_state(model) for name, (model, model_targets) in models.items() if model_targets}
     targets = [t for _, model_targets in models.values() for t in model_targets]
-    return TrainResult(lora_state(unet), te_state, targets, lcfg, losses, lrs, time.perf_counter() - start,
-                       cost.peak_memory_mb,
+    return TrainResult(states, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
                        sum(p.numel() for p in params), step,
                        {"noise": asdict(noise), "train": asdict(spec), "lora": asdict(lcfg)})
 
@@ -412,9 +440,6 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     from .lora_files import kohya_metadata, to_kohya
     from .runtime import progress
 
-    if lp.family == "sdxl" and lcfg.text_encoder_rank:
-        raise NotImplementedError("text-encoder LoRAs for SDXL's two encoders are not trained yet; set "
-                                  "text_encoder_rank to 0 (UNet LoRA only)")
     if len(captions) not in (1, len(images)):
         raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
                          "images or one per image")
@@ -442,7 +467,10 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
         "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
         "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],
         "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets})
-    tensors = {**to_kohya(result.unet_state, lcfg.alpha),
-               **to_kohya(result.text_encoder_state, lcfg.text_encoder_alpha or lcfg.text_encoder_rank, "lora_te")}
+    te_alpha = lcfg.text_encoder_alpha or lcfg.text_encoder_rank
+    prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1" if lp.family == "sdxl" else "lora_te",
+                "text_encoder_2": "lora_te2"}
+    tensors = {key: value for name, state in result.states.items()
+               for key, value in to_kohya(state, lcfg.alpha if name == "unet" else te_alpha, prefixes[name]).items()}
     return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta, validation_images,
                    result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters)

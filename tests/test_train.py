@@ -278,8 +278,36 @@ def test_an_sdxl_unet_lora_trains_and_applies(tmp_path):
     (applied,) = LoRALabApplyLoRA().apply(lp, lora, 1.0, 1.0)
     after, _ = generate(applied, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
     assert (after - base).abs().max() > 1e-4
-    with pytest.raises(NotImplementedError, match="two encoders"):
-        train_from_images(lp, images, ["x"], NoiseStrategy(), LoRAConfigSpec(text_encoder_rank=2), TrainSpec(steps=1))
+
+
+def test_sdxl_text_encoder_loras_train_both_encoders_with_kohyas_te1_te2_keys(tmp_path):
+    from test_checkpoints import make_tiny_checkpoint
+
+    from loralab.core.checkpoints import load_single_file
+    from loralab.core.lora_files import merged_copy
+    from loralab.core.pipeline import LabPipeline
+    from loralab.core.train import encode_dataset, encode_text, train_from_images
+
+    path, config_dir, _ = make_tiny_checkpoint("sdxl", tmp_path)
+    pipe, family = load_single_file(path, torch.float32, config_dir=config_dir)
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    data = encode_dataset(pipe, images, ["a sks photo", "a red car"])
+    # The per-step encoding (used while a text-encoder LoRA trains) equals the pipeline's own.
+    cond, pooled = encode_text(pipe.text_encoder, data.tokens, pipe.text_encoder_2, data.tokens_2)
+    torch.testing.assert_close(cond, data.embeddings)
+    torch.testing.assert_close(pooled, data.added_cond["text_embeds"])
+    lp = LabPipeline(pipe, "tiny-sdxl", family)
+    config = LoRAConfigSpec(rank=4, alpha=4.0, train_unet=False, text_encoder_rank=4, init="gaussian")
+    lora = train_from_images(lp, images, ["a sks photo", "a red car"], NoiseStrategy(), config,
+                             TrainSpec(steps=3, batch_size=2, lr=1e-2))
+    prefixes = {k.split("_text_model_")[0] for k in lora.tensors}
+    assert prefixes == {"lora_te1", "lora_te2"}
+    for prefix in prefixes:  # B starts at zero: both encoders received gradients
+        assert any(v.abs().max() > 0 for k, v in lora.tensors.items() if k.startswith(prefix) and "lora_up" in k)
+    # Every key names a real module of its encoder, so the file applies completely.
+    _, unmatched = merged_copy(pipe, lora.tensors, 1.0, 1.0)
+    assert not unmatched
 
 
 def test_sdxl_text_encoder_keys_follow_kohyas_te1_te2_layout():
