@@ -36,6 +36,12 @@ class LoRAConfigSpec:
         return self.alpha / (self.rank**0.5 if self.variant == "rslora" else self.rank)
 
 
+def kohya_alpha(alpha: float, rank: int, variant: str) -> float:
+    """The alpha a kohya file must hold so that loaders' alpha/rank equals the trained scale
+    (rsLoRA scales by α/√r, so it stores α·√r)."""
+    return alpha * rank**0.5 if variant == "rslora" else alpha
+
+
 def _matches(name: str, suffixes) -> bool:
     return any(name == s or name.endswith("." + s) for s in suffixes)
 

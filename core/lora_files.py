@@ -8,6 +8,7 @@ ComfyUI only matches keys with it, so we add it back (REFERENCES.md).
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -18,12 +19,17 @@ from .files import atomic_write
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
 
 
+_PEFT_PARTS = ((".lora_A.weight", "down"), (".lora_B.weight", "up"),
+               (".lora_magnitude_vector.weight", "magnitude"), (".lora_magnitude_vector", "magnitude"))
+
+
 def _modules(peft_state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in peft_state.items():
-        for part, name in ((".lora_A.weight", "down"), (".lora_B.weight", "up")):
+        for part, name in _PEFT_PARTS:
             if key.endswith(part):
                 grouped.setdefault(key[: -len(part)], {})[name] = value
+                break
     return grouped
 
 
@@ -34,15 +40,20 @@ def kohya_name(module: str, prefix: str) -> str:
 
 
 def to_kohya(peft_state: dict[str, torch.Tensor], alpha: float, prefix: str = "lora_unet") -> dict[str, torch.Tensor]:
-    """peft ``<module>.lora_A/B.weight`` tensors -> kohya keys; ``alpha`` is stored as trained."""
+    """peft ``<module>.lora_A/B.weight`` tensors -> kohya keys. ``alpha`` is the effective one, so
+    that alpha/rank is the trained scale (for rsLoRA pass α·√r). A DoRA magnitude becomes
+    ``.dora_scale`` shaped ``[out, 1, …]`` (the LyCORIS/ComfyUI output-axis convention)."""
     out = {}
-    for module, pair in _modules(peft_state).items():
-        if set(pair) != {"down", "up"}:
+    for module, parts in _modules(peft_state).items():
+        if not {"down", "up"} <= set(parts):
             raise ValueError(f"LoRA weights for {module!r} lack lora_A or lora_B")
         name = kohya_name(module, prefix)
-        out[f"{name}.lora_down.weight"] = pair["down"].contiguous()
-        out[f"{name}.lora_up.weight"] = pair["up"].contiguous()
+        out[f"{name}.lora_down.weight"] = parts["down"].contiguous()
+        out[f"{name}.lora_up.weight"] = parts["up"].contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(alpha))
+        if "magnitude" in parts:
+            shape = (-1,) + (1,) * (parts["down"].ndim - 1)
+            out[f"{name}.dora_scale"] = parts["magnitude"].reshape(shape).contiguous()
     return out
 
 
@@ -140,7 +151,12 @@ def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text
             component, path = index[name]
             strength = unet_strength if component == "unet" else text_strength
             weight = modules[component][path].weight
-            weight += (strength * delta).reshape(weight.shape).to(weight.dtype)
+            delta = delta.reshape(weight.shape)
+            if f"{name}.dora_scale" in kohya:  # DoRA (peft): W' = m·(W+ΔW)/‖W+ΔW‖ per output row
+                merged = weight.float() + delta
+                norm = merged.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (merged.ndim - 1))
+                delta = merged * (kohya[f"{name}.dora_scale"].float().reshape(norm.shape) / norm) - weight.float()
+            weight += (strength * delta).to(weight.dtype)
         for key, (parameter, offset) in extra.items():
             name = key.split("|")[0]
             if name not in index or getattr(modules[index[name][0]][index[name][1]], parameter, None) is None:
@@ -172,23 +188,85 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
         raise ValueError(f"LoRA file {str(path)!r} is not a readable safetensors file ({e})") from None
     if any(k.startswith(("lora_unet_", "lora_te", "diffusion_model.")) for k in tensors):
         return tensors, metadata  # kohya, or ComfyUI's trainer (resolved against the model when applied)
-    prefixes = {"unet.": "lora_unet", "text_encoder.": "lora_te", "text_encoder_2.": "lora_te2"}
-    alpha = None
-    if "lora_adapter_metadata" in metadata:  # newer diffusers/peft store lora_alpha there
-        alpha = json.loads(metadata["lora_adapter_metadata"]).get("lora_alpha")
+    two_encoders = any(k.startswith("text_encoder_2.") for k in tensors)
+    prefixes = {"unet.": "lora_unet", "text_encoder.": "lora_te1" if two_encoders else "lora_te",
+                "text_encoder_2.": "lora_te2"}
+    # diffusers keeps each component's peft config as "<component>.lora_alpha" etc.; peft's own
+    # save_pretrained as plain "lora_alpha". Without it, alpha = rank (scale 1), as diffusers assumes.
+    config = json.loads(metadata.get("lora_adapter_metadata", "{}"))
     out = {}
-    for key, value in tensors.items():
-        prefix = next((p for p in prefixes if key.startswith(p)), None)
-        if prefix is None or not key.endswith((".lora_A.weight", ".lora_B.weight")):
-            raise ValueError(f"LoRA file {str(path)!r}: key {key!r} is neither kohya nor diffusers/peft layout")
-        module, part = key[len(prefix):].rsplit(".lora_", 1)
-        name = kohya_name(module, prefixes[prefix])
-        out[f"{name}.lora_down.weight" if part.startswith("A") else f"{name}.lora_up.weight"] = value
-        if part.startswith("A"):
-            out[f"{name}.alpha"] = torch.tensor(float(alpha if alpha is not None else value.shape[0]))
+    for prefix, kohya_prefix in prefixes.items():
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        component = prefix[:-1]
+        for module, parts in _modules(state).items():
+            rank = parts["down"].shape[0] if "down" in parts else 0
+            alpha = (config.get(f"{component}.alpha_pattern", {}).get(module)
+                     or config.get(f"{component}.lora_alpha") or config.get("lora_alpha") or rank)
+            out.update(to_kohya({f"{module}{p}": parts[n] for p, n in _PEFT_PARTS[:3] if n in parts},
+                                float(alpha), kohya_prefix))
+    suffixes = tuple(p for p, _ in _PEFT_PARTS)
+    unknown = [k for k in tensors if not k.startswith(tuple(prefixes)) or not k.endswith(suffixes)]
+    if unknown:
+        raise ValueError(f"LoRA file {str(path)!r}: key {unknown[0]!r} is neither kohya nor diffusers/peft layout")
     if not out:
         raise ValueError(f"LoRA file {str(path)!r} holds no LoRA weights")
     return out, metadata
+
+
+@functools.lru_cache(maxsize=2)
+def reference_index(family: str) -> dict[str, tuple[str, str]]:
+    """kohya name -> (component, module path) in the family's architecture, built on the meta
+    device from the shipped configs (no weights). Smaller models of the family (the embedded one)
+    use a subset of these names."""
+    from types import SimpleNamespace
+
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from .checkpoints import CONFIGS
+
+    root = CONFIGS[family]
+    with init_empty_weights():
+        parts = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+                 "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder"))}
+        if (root / "text_encoder_2").is_dir():
+            config = CLIPTextConfig.from_pretrained(root / "text_encoder_2")
+            parts["text_encoder_2"] = CLIPTextModelWithProjection(config)
+    return module_index(SimpleNamespace(**parts))
+
+
+def to_diffusers(kohya: dict[str, torch.Tensor], family: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """kohya tensors -> diffusers/peft layout (``unet.<module>.lora_A.weight``, ``text_encoder…``,
+    DoRA ``…lora_magnitude_vector``) with the peft config per component in ``lora_adapter_metadata``,
+    as diffusers' ``save_lora_weights`` writes it, so ``load_lora_weights`` restores the same scale."""
+    if any(k.endswith((".diff", ".diff_b")) for k in kohya):
+        raise ValueError("full weight offsets (.diff/.diff_b, from ComfyUI's trainer) have no diffusers/peft "
+                         "form; save this LoRA in kohya layout")
+    index = reference_index(family)
+    out, config = {}, {}
+    for key, down in kohya.items():
+        if not key.endswith(".lora_down.weight"):
+            continue
+        name = key[: -len(".lora_down.weight")]
+        if name not in index:
+            raise ValueError(f"LoRA module {name!r} does not exist in the {family} architecture; save in kohya layout")
+        component, path = index[name]
+        out[f"{component}.{path}.lora_A.weight"] = down
+        out[f"{component}.{path}.lora_B.weight"] = kohya[f"{name}.lora_up.weight"]
+        if f"{name}.dora_scale" in kohya:
+            out[f"{component}.{path}.lora_magnitude_vector"] = kohya[f"{name}.dora_scale"].flatten()
+        rank = down.shape[0]
+        alpha = float(kohya.get(f"{name}.alpha", torch.tensor(float(rank))))
+        config.setdefault(component, []).append((path, rank, alpha, f"{name}.dora_scale" in kohya))
+    metadata = {}
+    for component, entries in config.items():
+        _, rank, alpha, dora = entries[0]
+        metadata.update({f"{component}.r": rank, f"{component}.lora_alpha": alpha, f"{component}.use_dora": dora,
+                         f"{component}.target_modules": sorted(p for p, *_ in entries),
+                         f"{component}.rank_pattern": {p: r for p, r, _, _ in entries if r != rank},
+                         f"{component}.alpha_pattern": {p: a for p, _, a, _ in entries if a != alpha}})
+    return out, {"format": "pt", "lora_adapter_metadata": json.dumps(metadata, sort_keys=True)}
 
 
 def blend(loras: list[dict[str, torch.Tensor]], weights: list[float],
@@ -196,6 +274,8 @@ def blend(loras: list[dict[str, torch.Tensor]], weights: list[float],
     """Σ wᵢ·ΔWᵢ as one kohya LoRA. Without ``rank`` the result is exact (the ranks are stacked);
     with it, each module's sum is truncated by SVD to that rank (the best rank-r approximation,
     Eckart–Young), as in style interpolation with a fixed file size."""
+    if any(k.endswith(".dora_scale") for lora in loras for k in lora):
+        raise ValueError("DoRA LoRAs cannot be blended (their magnitudes do not add); blend plain LoRAs")
     sums: dict[str, torch.Tensor] = {}
     shapes: dict[str, tuple] = {}
     stacked: dict[str, tuple[list, list]] = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .choices import LR_SCHEDULES, OPTIMIZERS
-from .lora import LoRAConfigSpec, resolve_targets
+from .lora import LoRAConfigSpec, kohya_alpha, resolve_targets
 from .measure import measure
 from .noise import NoiseStrategy, alphas_cumprod, offset_noise, perturb_input_noise, snr, target_for
 from .runtime import check_interrupted
@@ -467,10 +467,11 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
         "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
         "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],
         "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets})
-    te_alpha = lcfg.text_encoder_alpha or lcfg.text_encoder_rank
+    unet_alpha = kohya_alpha(lcfg.alpha, lcfg.rank, lcfg.variant)
+    te_alpha = kohya_alpha(lcfg.text_encoder_alpha or lcfg.text_encoder_rank, lcfg.text_encoder_rank, lcfg.variant)
     prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1" if lp.family == "sdxl" else "lora_te",
                 "text_encoder_2": "lora_te2"}
     tensors = {key: value for name, state in result.states.items()
-               for key, value in to_kohya(state, lcfg.alpha if name == "unet" else te_alpha, prefixes[name]).items()}
+               for key, value in to_kohya(state, unet_alpha if name == "unet" else te_alpha, prefixes[name]).items()}
     return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta, validation_images,
                    result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters)

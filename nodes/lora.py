@@ -160,8 +160,8 @@ class LoRALabApplyLoRA:
 
 class LoRALabSaveLoRA:
     DESCRIPTION = ("Save a LoRA as .safetensors with kohya keys and ss_* metadata, which ComfyUI, A1111, "
-                   "kohya and diffusers all load. Inside ComfyUI it goes to models/loras; headless to the "
-                   "output folder.")
+                   "kohya and diffusers all load (or in diffusers/peft layout on request). Inside ComfyUI it "
+                   "goes to models/loras; headless to the output folder.")
     CATEGORY = "LoRA Lab/lora"
     RETURN_TYPES = ()
     FUNCTION = "save"
@@ -173,15 +173,20 @@ class LoRALabSaveLoRA:
             "lora": ("LL_LORA", {"tooltip": "The LoRA to save."}),
             "filename_prefix": ("STRING", {"default": "loralab/lora", "tooltip":
                                 "File name prefix inside the loras (ComfyUI) or output (headless) folder."}),
+        }, "optional": {
+            "layout": (["kohya", "diffusers"], {"default": "kohya", "tooltip":
+                       "kohya: lora_unet_/lora_te_ keys with alpha (ComfyUI, A1111, kohya, diffusers load it). "
+                       "diffusers: peft keys (unet.<module>.lora_A.weight) with the peft config in the "
+                       "metadata, as diffusers' save_lora_weights writes them."}),
         }}
 
-    def save(self, lora, filename_prefix):
+    def save(self, lora, filename_prefix, layout="kohya"):
         import sys
         from pathlib import Path
 
         from ..core import runtime
         from ..core.images import UnsafePathError, safe_prefix_path
-        from ..core.lora_files import save_lora_file
+        from ..core.lora_files import save_lora_file, to_diffusers
 
         if runtime.in_comfyui():
             root = Path(sys.modules["folder_paths"].get_folder_paths("loras")[0])
@@ -193,7 +198,16 @@ class LoRALabSaveLoRA:
             raise ValueError(f"LoRA Lab: Save LoRA: input 'filename_prefix': {e}") from None
         number = 1 + max((int(p.stem.rsplit("_", 2)[-2]) for p in folder.glob(f"{stem}_*_.safetensors")
                           if p.stem.rsplit("_", 2)[-2].isdigit()), default=0)
-        path = save_lora_file(lora.tensors, lora.metadata, folder / f"{stem}_{number:05}_.safetensors")
+        tensors, metadata = lora.tensors, lora.metadata
+        if layout == "diffusers":
+            try:
+                tensors, peft_metadata = to_diffusers(tensors, lora.family)
+            except ValueError as e:
+                raise ValueError(f"LoRA Lab: Save LoRA: input 'layout' = 'diffusers': {e}") from None
+            metadata = {**metadata, **peft_metadata}
+        elif layout != "kohya":
+            raise ValueError(f"LoRA Lab: Save LoRA: input 'layout' = {layout!r} is not one of kohya, diffusers")
+        path = save_lora_file(tensors, metadata, folder / f"{stem}_{number:05}_.safetensors")
         lora.file_size_bytes = path.stat().st_size
         return {"ui": {"text": [str(path)]}}
 

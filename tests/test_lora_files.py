@@ -8,7 +8,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 
 from loralab.core.lora import resolve_targets
-from loralab.core.lora_files import delta_weights, kohya_metadata, save_lora_file, to_kohya
+from loralab.core.lora_files import delta_weights, kohya_metadata, kohya_name, save_lora_file, to_kohya
 
 
 def random_lora(model, targets, rank, seed=0):
@@ -159,3 +159,80 @@ def test_comfyui_trainer_layout_applies_like_the_same_lora_in_kohya_layout(tiny,
             torch.testing.assert_close(a[key], unet.state_dict()[key] + offset)
         else:
             torch.testing.assert_close(a[key], b[key])
+
+
+def _peft_merged(model, targets, rank, alpha, seed, **variant):
+    """A copy of ``model`` with a random peft adapter, its peft state, and peft's own merge of it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, **variant),
+                                      copy.deepcopy(model))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_" in name:
+                p.copy_(p + torch.randn(p.shape, generator=g) * 0.1)
+    state = {n.replace(".default", ""): p.detach().clone() for n, p in wrapped.named_parameters() if "lora_" in n}
+    for module in wrapped.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+    return state, {n: m.get_base_layer().weight.detach() for n, m in wrapped.named_modules()
+                   if isinstance(m, BaseTunerLayer)}
+
+
+@pytest.mark.parametrize("variant", ["dora", "rslora"])
+def test_dora_and_rslora_files_apply_as_peft_merges_them(tiny, variant, tmp_path):
+    from loralab.core.lora import kohya_alpha
+    from loralab.core.lora_files import merged_copy
+
+    targets = resolve_targets(tiny.pipe.unet, "attention")
+    state, merged = _peft_merged(tiny.pipe.unet, targets, 4, 8.0, 3, use_dora=variant == "dora",
+                                 use_rslora=variant == "rslora")
+    kohya = to_kohya(state, kohya_alpha(8.0, 4, variant))
+    assert any(k.endswith(".dora_scale") for k in kohya) == (variant == "dora")
+    pipe, unmatched = merged_copy(tiny.pipe, kohya, 1.0, 1.0)
+    assert not unmatched
+    ours = dict(pipe.unet.named_modules())
+    for name, weight in merged.items():
+        torch.testing.assert_close(ours[name].weight, weight, atol=2e-6, rtol=1e-5)
+    from loralab.core.lora_files import read_lora_file, to_diffusers
+
+    tensors, metadata = to_diffusers(kohya, "sd1")  # and the diffusers layout keeps every part
+    back, _ = read_lora_file(save_lora_file(tensors, metadata, tmp_path / "d.safetensors"))
+    assert back.keys() == kohya.keys() and all(torch.allclose(back[k], kohya[k]) for k in kohya)
+
+
+def test_diffusers_layout_is_what_diffusers_writes_and_loads_back_with_its_alpha(tiny, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from loralab.core.lora_files import read_lora_file, to_diffusers
+
+    unet_state = random_lora(tiny.pipe.unet, resolve_targets(tiny.pipe.unet, "attention"), 4, seed=7)
+    te_state = random_lora(tiny.pipe.text_encoder, resolve_targets(tiny.pipe.text_encoder, "attention",
+                                                                   text_encoder=True), 2, seed=8)
+    kohya = {**to_kohya(unet_state, 2.0), **to_kohya(te_state, 1.0, "lora_te")}
+    tensors, metadata = to_diffusers(kohya, "sd1")
+    # diffusers' own writer, given the same peft tensors, produces the same keys.
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "ref", unet_lora_layers=unet_state,
+                                              text_encoder_lora_layers=te_state)
+    with safe_open(str(tmp_path / "ref" / "pytorch_lora_weights.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(tensors)
+    path = save_lora_file(tensors, {**kohya_metadata(4, 2.0, "sd1"), **metadata}, tmp_path / "d.safetensors")
+    back, _ = read_lora_file(path)  # alpha comes back from the peft metadata
+    expected = delta_weights(kohya)
+    assert delta_weights(back).keys() == expected.keys()
+    for name, delta in delta_weights(back).items():
+        torch.testing.assert_close(delta, expected[name])
+    pipe = copy.deepcopy(tiny.pipe)
+    pipe.load_lora_weights(str(path), adapter_name="x")
+    pipe.fuse_lora(lora_scale=1.0)
+    checked = 0
+    for component, prefix in (("unet", "lora_unet"), ("text_encoder", "lora_te")):
+        for name, module in getattr(pipe, component).named_modules():
+            key = kohya_name(name, prefix)
+            if key in expected:
+                checked += 1
+                base = dict(getattr(tiny.pipe, component).named_modules())[name].weight
+                fused = module.base_layer.weight if hasattr(module, "base_layer") else module.weight
+                torch.testing.assert_close(fused.detach(), base + expected[key], atol=1e-5, rtol=1e-5)
+    assert checked == len(expected)

@@ -141,6 +141,11 @@ def test_saved_lora_loads_back_by_name_and_blends(tiny, data, output_dir, monkey
     assert all(torch.allclose(dm[k], da[k], atol=1e-6) for k in da)
     with pytest.raises(ValueError, match="is not a LoRA file here"):
         LoRALabLoadLoRA().load("missing.safetensors")
+    LoRALabSaveLoRA().save(a, "loras/d", layout="diffusers")
+    (peft_layout,) = LoRALabLoadLoRA().load("d_00001_.safetensors")
+    assert all(k.startswith("unet.") for k in safetensors_keys(output_dir / "loras" / "d_00001_.safetensors"))
+    dp = delta_weights(peft_layout.tensors)
+    assert dp.keys() == da.keys() and all(torch.allclose(dp[k], da[k]) for k in da)
 
 
 def test_image_folder_dataset_reads_captions_and_trains(tiny, output_dir, tmp_path, monkeypatch):
@@ -334,3 +339,10 @@ def test_epochs_set_the_step_count_and_validation_images_show_the_lora_so_far(ti
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     assert not any(isinstance(m, BaseTunerLayer) for m in tiny.pipe.unet.modules())
+
+
+def safetensors_keys(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return list(f.keys())
