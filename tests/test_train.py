@@ -313,6 +313,10 @@ def test_sdxl_text_encoder_loras_train_both_encoders_with_kohyas_te1_te2_keys(tm
     # Every key names a real module of its encoder, so the file applies completely.
     _, unmatched = merged_copy(pipe, lora.tensors, 1.0, 1.0)
     assert not unmatched
+    from loralab.core.lora_files import to_diffusers
+
+    tensors, _ = to_diffusers(lora.tensors, "sdxl")  # names resolve against SDXL's full architecture
+    assert {k.split(".")[0] for k in tensors} == {"text_encoder", "text_encoder_2"}
 
 
 def test_sdxl_text_encoder_keys_follow_kohyas_te1_te2_layout():
