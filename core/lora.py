@@ -29,6 +29,7 @@ class LoRAConfigSpec:
     init: str = "kaiming"
     dropout: float = 0.0
     variant: str = "lora"
+    parameter_budget: int = 0  # > 0: choose the rank(s) so the trainable count comes closest to it
 
     @property
     def scale(self) -> float:
@@ -87,3 +88,22 @@ def lora_parameter_count(model, targets: list[str], rank: int) -> int:
         else:
             total += rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
     return total
+
+
+def fit_budget(pipe, lcfg: LoRAConfigSpec) -> LoRAConfigSpec:
+    """With a parameter budget, the one rank r (shared by every adapted component) whose plain-LoRA
+    parameter count r·Σ(in + out) comes closest to it: UNet only, text encoder(s) only and both
+    compared at an equal budget, as in seed 003 (≈3 M each)."""
+    import dataclasses
+
+    if lcfg.parameter_budget <= 0:
+        return lcfg
+    per_rank = 0
+    if lcfg.train_unet:
+        per_rank += lora_parameter_count(pipe.unet, resolve_targets(pipe.unet, lcfg.targets, lcfg.custom_modules), 1)
+    if lcfg.text_encoder_rank:
+        for encoder in (getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2")):
+            if encoder is not None:
+                per_rank += lora_parameter_count(encoder, resolve_targets(encoder, "attention", text_encoder=True), 1)
+    rank = max(1, round(lcfg.parameter_budget / per_rank))
+    return dataclasses.replace(lcfg, rank=rank, text_encoder_rank=rank if lcfg.text_encoder_rank else 0)

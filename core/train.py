@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .choices import LR_SCHEDULES, OPTIMIZERS
-from .lora import LoRAConfigSpec, kohya_alpha, resolve_targets
+from .lora import LoRAConfigSpec, fit_budget, kohya_alpha, resolve_targets
 from .measure import measure
 from .noise import NoiseStrategy, alphas_cumprod, offset_noise, perturb_input_noise, snr, target_for
 from .runtime import check_interrupted
@@ -306,6 +306,7 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
                checkpoint_dir: Path | None = None, progress=None, validation=None) -> TrainResult:
     """Train a LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
     The pipeline's modules are wrapped only while training and come back unchanged."""
+    lcfg = fit_budget(pipe, lcfg)
     with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models:
         checkpointing = pipe.unet.is_gradient_checkpointing
         try:
@@ -463,6 +464,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     with progress(spec.steps, "train") as bar:
         result = train_lora(lp.pipe, data, noise, lcfg, spec, checkpoint_dir,
                             progress=lambda step, loss: bar.update(1), validation=validate)
+    lcfg = result.config  # the ranks a parameter budget chose
     meta = kohya_metadata(lcfg.rank, lcfg.alpha, lp.family, {
         "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
         "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],

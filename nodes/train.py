@@ -97,10 +97,13 @@ class LoRALabLoRAConfig:
                                   "tooltip": "Dropout on the LoRA branch input."}),
             "variant": (list(VARIANTS), {"default": "lora", "tooltip":
                         "lora; dora (weight-decomposed, Liu et al. 2024); rslora (scale alpha/sqrt(rank))."}),
+            "parameter_budget": ("INT", {"default": 0, "min": 0, "max": 10**10, "tooltip":
+                                 "> 0: ignore the ranks and pick the one rank (shared by UNet and text encoders) "
+                                 "whose trainable parameter count comes closest to this (seed 003: ~3,000,000)."}),
         }}
 
     def build(self, rank, alpha, targets, custom_modules="", train_unet=True, text_encoder_rank=0,
-              text_encoder_alpha=0.0, init="kaiming", dropout=0.0, variant="lora"):
+              text_encoder_alpha=0.0, init="kaiming", dropout=0.0, variant="lora", parameter_budget=0):
         from ..core.lora import LoRAConfigSpec
 
         custom = tuple(m.strip() for m in custom_modules.split(",") if m.strip())
@@ -109,7 +112,7 @@ class LoRALabLoRAConfig:
         if not train_unet and text_encoder_rank == 0:
             raise ValueError("LoRA Lab: LoRA Config: nothing to train (train_unet is off and text_encoder_rank is 0)")
         return (LoRAConfigSpec(rank, alpha, targets, custom, text_encoder_rank, text_encoder_alpha, train_unet,
-                               init, dropout, variant),)
+                               init, dropout, variant, parameter_budget),)
 
 
 NODE_CLASS_MAPPINGS = {"LoRALabNoiseStrategy": LoRALabNoiseStrategy, "LoRALabLoRAConfig": LoRALabLoRAConfig}

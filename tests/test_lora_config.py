@@ -52,3 +52,28 @@ def test_parameter_count_equals_peft(tiny, preset):
 def test_scale_is_alpha_over_rank_or_over_sqrt_rank_for_rslora():
     assert LoRAConfigSpec(rank=16, alpha=32).scale == 2.0
     assert LoRAConfigSpec(rank=16, alpha=4, variant="rslora").scale == 1.0
+
+
+def test_a_parameter_budget_picks_the_closest_rank_and_training_reports_it(tiny):
+    import torch
+
+    from loralab.core.lora import fit_budget
+    from loralab.core.noise import NoiseStrategy
+    from loralab.core.train import TrainSpec, encode_dataset, train_lora
+
+    unet, te = tiny.pipe.unet, tiny.pipe.text_encoder
+    per_unet = peft_trainable(unet, resolve_targets(unet, "attention"), 1)
+    per_te = peft_trainable(te, resolve_targets(te, "attention", text_encoder=True), 1)
+    budget = 6 * per_unet + 1  # UNet only: rank 6; text encoder only / both: the nearest rank for the same budget
+    setups = {"unet": LoRAConfigSpec(rank=1, parameter_budget=budget),
+              "text_encoder": LoRAConfigSpec(train_unet=False, text_encoder_rank=1, parameter_budget=budget),
+              "both": LoRAConfigSpec(rank=1, text_encoder_rank=1, parameter_budget=budget)}
+    per_rank = {"unet": per_unet, "text_encoder": per_te, "both": per_unet + per_te}
+    data = encode_dataset(tiny.pipe, torch.rand(1, 32, 32, 3), ["x"])
+    for name, config in setups.items():
+        fitted = fit_budget(tiny.pipe, config)
+        best = min(range(1, 200), key=lambda r: abs(r * per_rank[name] - budget))
+        assert fitted.rank == best and fitted.text_encoder_rank == (best if name != "unet" else 0)
+        result = train_lora(tiny.pipe, data, NoiseStrategy(), config, TrainSpec(steps=1))
+        assert result.trainable_parameters == best * per_rank[name] and result.config == fitted
+    assert fit_budget(tiny.pipe, LoRAConfigSpec(rank=3)).rank == 3  # no budget: ranks as given
