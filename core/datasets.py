@@ -5,6 +5,11 @@ Hugging Face image-folder convention) or from a ``.txt`` file beside each image 
 from a default caption. Images are resized so the shorter side equals the resolution, then
 cropped (centre, or a seeded random crop) to a square; ``flip`` adds mirrored copies, which keeps
 latent caching valid (an augmentation drawn per step would not).
+
+With aspect-ratio buckets (kohya's scheme, also SDXL's multi-aspect training) each image instead
+goes to the bucket ``(w, h)`` whose aspect ratio is closest to its own; buckets have about the
+area resolution², sides multiples of 64 (8 below 256 px) between resolution/2 and 2·resolution.
+The image is resized to cover its bucket and cropped; a training batch never mixes buckets.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 @dataclass
 class Dataset:
-    images: object  # torch.Tensor [N,H,W,3] in 0..1 (ComfyUI IMAGE layout)
+    images: object  # torch.Tensor [N,H,W,3] in 0..1 (ComfyUI IMAGE); with buckets, a list of [H,W,3]
     captions: list[str]
     files: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # per-example loss weight (prior preservation); [] = all 1
@@ -70,42 +75,79 @@ def _captions(folder: Path, files: list[Path], default: str) -> list[str]:
     return captions
 
 
+def bucket_sizes(resolution: int) -> list[tuple[int, int]]:
+    """(width, height) buckets as kohya's ``make_bucket_resolutions``: for each width w (a multiple
+    of the step from resolution/2 to 2·resolution) the largest step-multiple height with
+    w·h ≤ resolution², kept when that height is in range too; plus each bucket transposed."""
+    step = 64 if resolution >= 256 else 8
+    low, high, area = max(step, resolution // 2 // step * step), 2 * resolution, resolution * resolution
+    sizes = {(resolution // step * step,) * 2}
+    for w in range(low, high + 1, step):
+        h = min(high, area // w // step * step)
+        if h >= low:
+            sizes |= {(w, h), (h, w)}
+    return sorted(sizes)
+
+
+def _nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    """The bucket with the smallest aspect-ratio error |w/h − W/H| (kohya's rule; ties: the first)."""
+    return min(buckets, key=lambda b: abs(b[0] / b[1] - width / height))
+
+
 def load_image_folder(folder: str, resolution: int, crop: str = "center", flip: bool = False,
-                      default_caption: str = "", seed: int = 0) -> Dataset:
+                      default_caption: str = "", seed: int = 0, buckets: bool = False) -> Dataset:
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
 
+    if crop not in ("center", "random"):
+        raise ValueError(f"crop {crop!r} is not one of center, random")
     path = resolve_folder(folder)
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise ValueError(f"folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     captions = _captions(path, files, default_caption)
     rng = np.random.default_rng(seed)
+    sizes = bucket_sizes(resolution) if buckets else [(resolution, resolution)]
     arrays = []
     for f in files:
         try:
             with Image.open(f) as img:
                 img = img.convert("RGB")
-                scale = resolution / min(img.size)
-                size = (max(resolution, round(img.width * scale)), max(resolution, round(img.height * scale)))
+                width, height = _nearest_bucket(img.width, img.height, sizes)
+                scale = max(width / img.width, height / img.height)  # cover the bucket, then crop
+                size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
                 img = img.resize(size, Image.Resampling.LANCZOS)
         except (OSError, UnidentifiedImageError, ValueError) as e:
             raise ValueError(f"image {str(f)!r} could not be read: {e}") from None
-        dx, dy = img.width - resolution, img.height - resolution
+        dx, dy = img.width - width, img.height - height
         if crop == "random":
             left, top = int(rng.integers(0, dx + 1)), int(rng.integers(0, dy + 1))
-        elif crop == "center":
-            left, top = dx // 2, dy // 2
         else:
-            raise ValueError(f"crop {crop!r} is not one of center, random")
-        arrays.append(np.asarray(img.crop((left, top, left + resolution, top + resolution)), dtype=np.float32) / 255)
-    images = torch.from_numpy(np.stack(arrays))
+            left, top = dx // 2, dy // 2
+        arrays.append(torch.from_numpy(np.asarray(img.crop((left, top, left + width, top + height)),
+                                                  dtype=np.float32) / 255))
     names = [f.relative_to(path).as_posix() for f in files]
     if flip:
-        images = torch.cat([images, images.flip(2)])
+        arrays += [a.flip(1) for a in arrays]
         captions, names = captions * 2, names + [f"{n} (flipped)" for n in names]
-    return Dataset(images, captions, names)
+    uniform = len({a.shape for a in arrays}) == 1
+    return Dataset(torch.stack(arrays) if uniform else arrays, captions, names)
+
+
+def preview_batch(images) -> object:
+    """One ComfyUI ``IMAGE`` batch for previews: bucketed images centred on black canvases of the
+    largest height and width."""
+    import torch
+
+    if isinstance(images, torch.Tensor):
+        return images
+    height, width = max(i.shape[0] for i in images), max(i.shape[1] for i in images)
+    out = torch.zeros(len(images), height, width, 3)
+    for k, image in enumerate(images):
+        top, left = (height - image.shape[0]) // 2, (width - image.shape[1]) // 2
+        out[k, top:top + image.shape[0], left:left + image.shape[1]] = image
+    return out
 
 
 def concept_dataset(lp, instance_images, instance_prompt: str, class_prompt: str = "", class_images: int = 0,

@@ -58,7 +58,7 @@ class TrainSpec:
 class TrainingData:
     """Cached VAE latents (already scaled) and text-encoder hidden states, one per example."""
 
-    latents: torch.Tensor
+    latents: torch.Tensor | list[torch.Tensor]  # a list when aspect-ratio buckets give several sizes
     embeddings: torch.Tensor
     captions: list[str] = field(default_factory=list)
     tokens: torch.Tensor | None = None  # token ids, for training a text-encoder LoRA
@@ -92,13 +92,15 @@ class TrainResult:
 
 
 @torch.no_grad()
-def encode_dataset(pipe, images: torch.Tensor, captions: list[str], weights: list[float] | None = None) -> TrainingData:
-    """Encode ComfyUI images ``[N,H,W,3]`` in 0..1 and their captions once (latent caching).
-    The VAE posterior's mean is used, so the cache is deterministic."""
+def encode_dataset(pipe, images, captions: list[str], weights: list[float] | None = None) -> TrainingData:
+    """Encode ComfyUI images ``[N,H,W,3]`` in 0..1 (or a list of ``[H,W,3]`` of several sizes, from
+    aspect-ratio buckets) and their captions once (latent caching). The VAE posterior's mean is
+    used, so the cache is deterministic."""
     device, dtype = pipe.unet.device, pipe.vae.dtype
-    pixels = images.permute(0, 3, 1, 2).to(device, dtype) * 2 - 1
-    latents = torch.cat([pipe.vae.encode(pixels[i:i + 1]).latent_dist.mean for i in range(len(pixels))])
-    latents = latents * pipe.vae.config.scaling_factor
+    scale = pipe.vae.config.scaling_factor
+    latents = [pipe.vae.encode(image.permute(2, 0, 1)[None].to(device, dtype) * 2 - 1).latent_dist.mean[0] * scale
+               for image in images]
+    sizes = [tuple(image.shape[:2]) for image in images]
     tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
     example_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
@@ -107,16 +109,21 @@ def encode_dataset(pipe, images: torch.Tensor, captions: list[str], weights: lis
         # SDXL: both encoders' hidden states, the pooled projection and the size/crop conditioning
         # (original size = target size = the training resolution, no crop offset).
         embeddings, _, pooled, _ = pipe.encode_prompt(list(captions), device=device, do_classifier_free_guidance=False)
-        height, width = images.shape[1:3]
-        time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), torch.float32,
-                                          pipe.text_encoder_2.config.projection_dim)
-        added = {"text_embeds": pooled.float().cpu(), "time_ids": time_ids.repeat(len(captions), 1)}
+        time_ids = torch.cat([pipe._get_add_time_ids(size, (0, 0), size, torch.float32,
+                                                     pipe.text_encoder_2.config.projection_dim) for size in sizes])
+        added = {"text_embeds": pooled.float().cpu(), "time_ids": time_ids}
         tokens_2 = pipe.tokenizer_2(captions, padding="max_length", max_length=pipe.tokenizer_2.model_max_length,
                                     truncation=True, return_tensors="pt").input_ids
     else:
         embeddings, tokens_2 = pipe.text_encoder(tokens)[0], None
-    return TrainingData(latents.float().cpu(), embeddings.float().cpu(), list(captions), tokens.cpu(),
-                        example_weights, added, tokens_2)
+    latents = [x.float().cpu() for x in latents]
+    stacked = torch.stack(latents) if len(set(sizes)) == 1 else latents
+    return TrainingData(stacked, embeddings.float().cpu(), list(captions), tokens.cpu(), example_weights, added,
+                        tokens_2)
+
+
+def _take(latents, index: list[int]) -> torch.Tensor:
+    return latents[index] if isinstance(latents, torch.Tensor) else torch.stack([latents[i] for i in index])
 
 
 def encode_text(text_encoder, tokens: torch.Tensor, text_encoder_2=None, tokens_2: torch.Tensor | None = None):
@@ -228,14 +235,23 @@ def _unwrap(model) -> None:
 
 
 class _Batches:
-    """Shuffled example indices, epoch after epoch, from a seeded generator (resumable)."""
+    """Shuffled example indices, epoch after epoch, from a seeded generator (resumable). With
+    buckets (one key per example) every batch comes from one bucket: each epoch's shuffled order is
+    split per bucket into batches (the last of a bucket may be smaller) and the batches shuffled."""
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size = n, batch_size
+    def __init__(self, n: int, batch_size: int, seed: int, buckets: list | None = None):
+        self.n, self.batch_size, self.buckets = n, batch_size, buckets
         self.generator = torch.Generator().manual_seed(seed)
         self.order: list[int] = []
+        self.sizes: list[int] = []  # bucketed: the sizes of the batches left in ``order``
 
     def next(self) -> list[int]:
+        if self.buckets is not None:
+            if not self.order:
+                self._bucketed_epoch()
+            size = self.sizes.pop(0)
+            batch, self.order = self.order[:size], self.order[size:]
+            return batch
         batch = []
         while len(batch) < self.batch_size:
             if not self.order:
@@ -243,12 +259,22 @@ class _Batches:
             batch.append(self.order.pop(0))
         return batch
 
+    def _bucketed_epoch(self) -> None:
+        groups: dict = {}
+        for i in torch.randperm(self.n, generator=self.generator).tolist():
+            groups.setdefault(self.buckets[i], []).append(i)
+        chunks = [g[k:k + self.batch_size] for g in groups.values() for k in range(0, len(g), self.batch_size)]
+        chunks = [chunks[k] for k in torch.randperm(len(chunks), generator=self.generator).tolist()]
+        self.order, self.sizes = [i for c in chunks for i in c], [len(c) for c in chunks]
+
     def state(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
+        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long),
+                "sizes": torch.tensor(self.sizes, dtype=torch.long)}
 
     def load(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.order = state["order"].tolist()
+        self.sizes = state["sizes"].tolist() if "sizes" in state else []
 
 
 def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec) -> str:
@@ -256,7 +282,8 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
     import hashlib
 
     h = hashlib.sha256()
-    for tensor in (data.latents, data.embeddings) + ((data.weights,) if data.weights is not None else ()):
+    latents = [data.latents] if isinstance(data.latents, torch.Tensor) else data.latents
+    for tensor in (*latents, data.embeddings) + ((data.weights,) if data.weights is not None else ()):
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     settings = {"noise": asdict(noise), "lora": asdict(lcfg), "train": {**asdict(spec), "checkpoint_every": None}}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -342,11 +369,13 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     params = [p for model, _ in models.values() for n, p in model.named_parameters() if "lora_" in n]
     optimizer = _optimizer(params, spec)
     schedule = _lr_schedule(optimizer, spec)
-    batches = _Batches(len(data.latents), spec.batch_size, spec.seed)
+    buckets = None if isinstance(data.latents, torch.Tensor) else [tuple(x.shape) for x in data.latents]
+    batches = _Batches(len(data.latents), spec.batch_size, spec.seed, buckets)
     noise_gen = torch.Generator().manual_seed(spec.seed + 1)
     alpha_bar = alphas_cumprod(noise.betas())
     snr_t = snr(alpha_bar)
-    latents, embeddings = data.latents.clone().to(device), data.embeddings.clone().to(device)
+    latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
+    embeddings = data.embeddings.clone().to(device)
     tokens = data.tokens.clone().to(device) if text_encoder is not None else None
     tokens_2 = data.tokens_2.clone().to(device) if text_encoder_2 is not None else None
     step, losses, lrs = 0, [], []
@@ -375,7 +404,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
             total = 0.0
             for _ in range(spec.grad_accum):
                 index = batches.next()
-                x0 = latents[index]
+                x0 = _take(latents, index)
                 added = {k: v[index].to(device) for k, v in data.added_cond.items()} or None
                 if text_encoder is not None:
                     cond, pooled = encode_text(text_encoder, tokens[index], text_encoder_2,
@@ -447,7 +476,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     captions = captions * len(images) if len(captions) == 1 else captions
     spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
-        data = encode_dataset(lp.pipe, images.clone(), captions, weights)
+        data = encode_dataset(lp.pipe, [image.clone() for image in images], captions, weights)
     validation_images = []
 
     def validate(step: int) -> None:
@@ -455,7 +484,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
         from .prompts import Prompt
         from .samplers import SamplerSpec
 
-        height, width = images.shape[1:3]
+        height, width = images[0].shape[:2]
         prompt = spec.validation_prompt or captions[0]
         out, _ = generate(lp, SamplerSpec("euler"), [Prompt(prompt)],
                           GenerateSettings(steps=20, cfg=7.5, seed=spec.seed, width=width, height=height))

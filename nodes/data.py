@@ -4,7 +4,7 @@
 class LoRALabImageFolder:
     DESCRIPTION = ("Images and captions from a folder inside the input folder: captions from metadata.jsonl "
                    "or a .txt beside each image (else the default caption); square resize-and-crop to the "
-                   "resolution; optional mirrored copies.")
+                   "resolution, or aspect-ratio buckets; optional mirrored copies.")
     CATEGORY = "LoRA Lab/data"
     RETURN_TYPES = ("LL_DATASET", "IMAGE")
     RETURN_NAMES = ("dataset", "images")
@@ -24,16 +24,19 @@ class LoRALabImageFolder:
         }, "optional": {
             "default_caption": ("STRING", {"default": "", "tooltip": "Caption for images without one."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of random crops."}),
+            "buckets": ("BOOLEAN", {"default": False, "tooltip":
+                        "Aspect-ratio buckets (kohya): each image keeps its shape, resized to the bucket of "
+                        "about resolution² pixels with the nearest aspect ratio; batches never mix buckets."}),
         }}
 
-    def load(self, folder, resolution, crop, flip, default_caption="", seed=0):
-        from ..core.datasets import load_image_folder
+    def load(self, folder, resolution, crop, flip, default_caption="", seed=0, buckets=False):
+        from ..core.datasets import load_image_folder, preview_batch
 
         try:
-            dataset = load_image_folder(folder, resolution, crop, flip, default_caption, seed)
+            dataset = load_image_folder(folder, resolution, crop, flip, default_caption, seed, buckets)
         except ValueError as e:
             raise ValueError(f"LoRA Lab: Image Folder: {e}") from None
-        return (dataset, dataset.images)
+        return (dataset, preview_batch(dataset.images))
 
 
 class LoRALabSingleImageConcept:

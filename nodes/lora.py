@@ -120,7 +120,7 @@ class LoRALabTrainLoRA:
         import torch
 
         shots = [batch for _, batch in lora.validation_images]
-        validation = torch.cat(shots) if shots else torch.zeros(0, *images.shape[1:3], 3)
+        validation = torch.cat(shots) if shots else torch.zeros(0, *images[0].shape[:2], 3)
         return (lora, applied, ScoreTable(("model", "lora"), [row]), validation)
 
 

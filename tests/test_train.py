@@ -180,6 +180,60 @@ def test_image_folder_dataset_reads_captions_and_trains(tiny, output_dir, tmp_pa
     assert lora.metadata["ss_num_train_images"] == "6"
 
 
+def kohya_bucket_resolutions(max_reso, min_size=256, max_size=1024, divisible=64):
+    """kohya sd-scripts' ``make_bucket_resolutions`` (library/model_util.py), as published."""
+    import math
+
+    max_width, max_height = max_reso
+    max_area = max_width * max_height
+    resos = set()
+    width = int(math.sqrt(max_area) // divisible) * divisible
+    resos.add((width, width))
+    width = min_size
+    while width <= max_size:
+        height = min(max_size, int((max_area // width) // divisible) * divisible)
+        if height >= min_size:
+            resos.add((width, height))
+            resos.add((height, width))
+        width += divisible
+    return sorted(resos)
+
+
+def test_aspect_ratio_buckets_follow_kohya_and_batches_never_mix_them(tiny, output_dir, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from loralab.core.datasets import bucket_sizes
+    from loralab.core.train import _Batches
+    from loralab.nodes.data import LoRALabImageFolder
+    from loralab.nodes.lora import LoRALabTrainLoRA
+
+    assert bucket_sizes(512) == kohya_bucket_resolutions((512, 512))
+    assert bucket_sizes(1024) == kohya_bucket_resolutions((1024, 1024), 512, 2048)
+    assert bucket_sizes(64) == kohya_bucket_resolutions((64, 64), 32, 128, 8)
+    folder = tmp_path / "input" / "mixed"
+    folder.mkdir(parents=True)
+    for i, size in enumerate([(128, 64), (130, 66), (40, 80), (64, 64)]):
+        Image.new("RGB", size, (50 * i, 90, 160)).save(folder / f"img{i}.png")
+    monkeypatch.setenv("LORALAB_INPUT_DIR", str(tmp_path / "input"))
+    dataset, preview = LoRALabImageFolder().load("mixed", 64, "center", False, "a photo", buckets=True)
+    shapes = [tuple(image.shape[:2]) for image in dataset.images]  # (height, width)
+    assert shapes == [(40, 88), (40, 88), (88, 40), (64, 64)]  # the nearest aspect ratio of ~64² px
+    assert all(h * w <= 64 * 64 for h, w in shapes) and preview.shape == (4, 88, 88, 3)
+    batches = _Batches(4, 2, 0, shapes)
+    seen = [batches.next() for _ in range(6)]
+    assert all(len({shapes[i] for i in batch}) == 1 for batch in seen)
+    assert sorted(i for batch in seen[:3] for i in batch) == [0, 1, 2, 3]  # one epoch = every example once
+    resumed = _Batches(4, 2, 0, shapes)
+    for _ in range(2):
+        resumed.next()
+    again = _Batches(4, 2, 99, shapes)
+    again.load(resumed.state())  # a resume continues the same order, mid-epoch
+    assert [again.next() for _ in range(4)] == seen[2:]
+    lora, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, TrainSpec(steps=3, batch_size=2), "buckets",
+                                        dataset=dataset)
+    assert len(lora.losses) == 3 and all(torch.isfinite(torch.tensor(lora.losses)))
+
+
 def test_text_encoder_lora_trains_alone_or_beside_the_unet_and_resumes(tiny, data, tmp_path):
     te_only = LoRAConfigSpec(rank=4, alpha=4.0, train_unet=False, text_encoder_rank=4)
     spec = TrainSpec(steps=6, batch_size=2, lr=1e-2, seed=2, checkpoint_every=3)
