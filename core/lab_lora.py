@@ -22,3 +22,4 @@ class LabLoRA:
     peak_memory_mb: float = 0.0
     trainable_parameters: int = 0
     file_size_bytes: int = 0
+    base_model: str = ""  # the pipeline it was trained on (its name in score tables)

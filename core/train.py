@@ -505,4 +505,5 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     tensors = {key: value for name, state in result.states.items()
                for key, value in to_kohya(state, unet_alpha if name == "unet" else te_alpha, prefixes[name]).items()}
     return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta, validation_images,
-                   result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters)
+                   result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters,
+                   base_model=lp.name)

@@ -163,7 +163,10 @@ class LoRALabSaveLoRA:
                    "kohya and diffusers all load (or in diffusers/peft layout on request). Inside ComfyUI it "
                    "goes to models/loras; headless to the output folder.")
     CATEGORY = "LoRA Lab/lora"
-    RETURN_TYPES = ()
+    RETURN_TYPES = ("LL_SCORES",)
+    RETURN_NAMES = ("cost",)
+    OUTPUT_TOOLTIPS = ("One row (keys model, lora): rank, alpha, trainable parameters, training seconds and "
+                       "peak memory, and the file's size in bytes.",)
     FUNCTION = "save"
     OUTPUT_NODE = True
 
@@ -209,7 +212,13 @@ class LoRALabSaveLoRA:
             raise ValueError(f"LoRA Lab: Save LoRA: input 'layout' = {layout!r} is not one of kohya, diffusers")
         path = save_lora_file(tensors, metadata, folder / f"{stem}_{number:05}_.safetensors")
         lora.file_size_bytes = path.stat().st_size
-        return {"ui": {"text": [str(path)]}}
+        from ..core.scores import ScoreTable
+
+        row = {"model": lora.base_model, "lora": lora.name, "rank": lora.rank, "alpha": lora.alpha,
+               "trainable_parameters": lora.trainable_parameters, "train_seconds": lora.seconds,
+               "train_peak_memory_mb": lora.peak_memory_mb, "file_size_bytes": lora.file_size_bytes,
+               "layout": layout, "file": path.name}
+        return {"ui": {"text": [str(path)]}, "result": (ScoreTable(("model", "lora"), [row]),)}
 
 
 class LoRALabLoadLoRA:

@@ -1,5 +1,7 @@
 """LoRA training on the embedded model: it learns, deterministically, and resumes exactly."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -114,10 +116,13 @@ def test_train_apply_and_save_nodes(tiny, data, output_dir):
     at_zero, _ = generate(zero, SamplerSpec("euler"), [Prompt("a sks photo")], settings)
     assert (with_lora - base).abs().max() > 1e-3
     assert torch.equal(at_zero, base)
-    ui = LoRALabSaveLoRA().save(lora, "loras/t1")["ui"]["text"][0]
+    saved = LoRALabSaveLoRA().save(lora, "loras/t1")
+    ui = saved["ui"]["text"][0]
     with safe_open(ui, "pt") as f:
         assert f.metadata()["ss_network_dim"] == "4" and any(k.endswith(".alpha") for k in f.keys())
-    assert lora.file_size_bytes > 0
+    (row,) = saved["result"][0].rows  # the cost row joins Train LoRA's on (model, lora)
+    assert row["file_size_bytes"] == lora.file_size_bytes == Path(ui).stat().st_size
+    assert (row["model"], row["lora"]) == (cost.rows[0]["model"], cost.rows[0]["lora"])
 
 
 def test_saved_lora_loads_back_by_name_and_blends(tiny, data, output_dir, monkeypatch):
