@@ -114,7 +114,7 @@ class LoRALabTrainLoRA:
         pipe, _ = merged_copy(pipeline.pipe, lora.tensors, 1.0, 1.0)
         applied = type(pipeline)(pipe, f"{pipeline.name} + {run_name}", pipeline.family, pipeline.vae_mode,
                                  [*pipeline.loras, (run_name, 1.0, 1.0)])
-        row = {"model": pipeline.name, "lora": run_name, "rank": lora.rank, "alpha": lora.alpha,
+        row = {"model": applied.name, "lora": run_name, "rank": lora.rank, "alpha": lora.alpha,
                "train_seconds": lora.seconds, "train_peak_memory_mb": lora.peak_memory_mb,
                "trainable_parameters": lora.trainable_parameters, "final_loss": lora.losses[-1]}
         import torch
@@ -165,8 +165,8 @@ class LoRALabSaveLoRA:
     CATEGORY = "LoRA Lab/lora"
     RETURN_TYPES = ("LL_SCORES",)
     RETURN_NAMES = ("cost",)
-    OUTPUT_TOOLTIPS = ("One row (keys model, lora): rank, alpha, trainable parameters, training seconds and "
-                       "peak memory, and the file's size in bytes.",)
+    OUTPUT_TOOLTIPS = ("One row (keys model = '<base> + <lora>' as Generate names the LoRA's images, lora): "
+                       "rank, alpha, trainable parameters, training seconds and peak memory, file size in bytes.",)
     FUNCTION = "save"
     OUTPUT_NODE = True
 
@@ -214,7 +214,7 @@ class LoRALabSaveLoRA:
         lora.file_size_bytes = path.stat().st_size
         from ..core.scores import ScoreTable
 
-        row = {"model": lora.base_model, "lora": lora.name, "rank": lora.rank, "alpha": lora.alpha,
+        row = {"model": f"{lora.base_model} + {lora.name}", "lora": lora.name, "rank": lora.rank, "alpha": lora.alpha,
                "trainable_parameters": lora.trainable_parameters, "train_seconds": lora.seconds,
                "train_peak_memory_mb": lora.peak_memory_mb, "file_size_bytes": lora.file_size_bytes,
                "layout": layout, "file": path.name}
