@@ -308,9 +308,30 @@ def test_training_workflow_trains_saves_and_renders_before_and_after(tmp_path):
     assert (out / "loralab_checkpoints" / "tiny-style" / "checkpoint-0000006" / "state.pt").is_file()
 
 
-def test_train_ui_twin_is_in_sync():
+@pytest.mark.parametrize("name", sorted(p.name[:-len(".ui.json")] for p in QUICKSTART.parent.glob("*.ui.json")))
+def test_every_ui_twin_is_in_sync(name):
     from loralab.headless.convert import ui_to_api
 
-    twin = json.loads(QUICKSTART.with_name("train_lora.ui.json").read_text())
-    api = json.loads(QUICKSTART.with_name("train_lora.json").read_text())
+    twin = json.loads(QUICKSTART.with_name(f"{name}.ui.json").read_text())
+    api = json.loads(QUICKSTART.with_name(f"{name}.json").read_text())
     assert ui_to_api(twin, loralab.NODE_CLASS_MAPPINGS, loralab.NODE_DISPLAY_NAME_MAPPINGS) == api
+
+
+def test_knowledge_transfer_workflow_writes_seed_000s_tables(tmp_path):
+    import csv
+
+    path = QUICKSTART.with_name("knowledge_transfer.json")
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", "--set", "10.steps=4"]) == 0
+    out = tmp_path / "out" / "knowledge_transfer"
+    assert len(list(out.glob("teacher_*.png"))) == len(list(out.glob("lora_*.png"))) == 9
+    rows = list(csv.DictReader((out / "change_by_category_00001_.csv").open()))
+    metrics = {"mse", "psnr_db", "ssim", "hist_correl", "phash_sim", "color_w1_sim"}
+    assert {(r["category"], r["metric"]) for r in rows} == {
+        (c, m) for c in ("standard", "challenging", "closeup") for m in metrics}
+    assert all(r["n_pairs"] == "3" and r["model"].endswith("+ knowledge-transfer") for r in rows)
+    p_values = [float(r["p_value"]) for r in rows if r["p_value"] != "nan"]  # nan: every difference is 0
+    assert len(p_values) >= len(rows) // 2 and all(0 <= p <= 1 for p in p_values)
+    summary = list(csv.DictReader((out / "summary_00001_.csv").open()))
+    assert {r["model"] for r in summary} == {rows[0]["baseline"], rows[0]["model"]}
+    assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in summary
+               if r["metric"] != "psnr_db" or r["ci_low"])
