@@ -47,6 +47,7 @@ class TrainSpec:
     max_grad_norm: float = 1.0  # 0 = no clipping
     mixed_precision: str = "no"  # "no", "bf16" (autocast; CPU or GPU), "fp16" (autocast + loss scaling; GPU)
     gradient_checkpointing: bool = False
+    fp32_math: str = "highest"  # "fast": TF32 on NVIDIA GPUs, oneDNN bf16 math on CPUs (fp32 storage)
     seed: int = 0
     checkpoint_every: int = 0  # 0 = only at the end
     epochs: int = 0  # > 0: train this many passes over the data instead of ``steps``
@@ -157,6 +158,37 @@ def _autocast(mixed_precision: str, device: torch.device):
     if mixed_precision not in ("bf16", "fp16"):
         raise ValueError(f"mixed_precision {mixed_precision!r} is not one of no, bf16, fp16")
     return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
+@contextmanager
+def fp32_math(mode: str, device: torch.device):
+    """fp32 matmuls and convolutions at full precision ("highest"), or with reduced-precision
+    inner math ("fast"): TF32 on NVIDIA GPUs (diffusers' scripts' ``--allow_tf32``; PyTorch already
+    uses it for cuDNN convolutions by default), bf16 via oneDNN on CPUs that have it (AMX /
+    AVX512-BF16; elsewhere oneDNN stays fp32). Tensors stay fp32; the global switches are restored."""
+    if mode not in ("highest", "fast"):
+        raise ValueError(f"fp32_math {mode!r} is not one of highest, fast")
+    if mode == "highest":
+        yield
+        return
+    if device.type == "cuda":
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        return
+    switches = [getattr(torch.backends.mkldnn, kind, None) for kind in ("matmul", "conv")]
+    switches = [s for s in switches if s is not None and hasattr(s, "fp32_precision")]
+    saved = [s.fp32_precision for s in switches]
+    for s in switches:
+        s.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        for s, value in zip(switches, saved, strict=True):
+            s.fp32_precision = value
 
 
 def _lr_schedule(optimizer, spec: TrainSpec):
@@ -334,7 +366,8 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
     """Train a LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
     The pipeline's modules are wrapped only while training and come back unchanged."""
     lcfg = fit_budget(pipe, lcfg)
-    with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models:
+    with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models, \
+            fp32_math(spec.fp32_math, pipe.unet.device):
         checkpointing = pipe.unet.is_gradient_checkpointing
         try:
             return _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, validation)

@@ -45,12 +45,15 @@ class LoRALabTrainConfig:
                                 "(GPU, with loss scaling). LoRA weights and optimizer stay fp32."}),
             "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip":
                                        "Recompute activations in the backward pass: less memory, more time."}),
+            "fp32_math": (["highest", "fast"], {"default": "highest", "tooltip":
+                          "fp32 layers' inner math: highest = true fp32; fast = TF32 on NVIDIA GPUs (like "
+                          "--allow_tf32), bf16 on CPUs with AMX/AVX512-BF16. Weights and activations stay fp32."}),
         }}
 
     def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",
               gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0,
               mixed_precision="no", gradient_checkpointing=False, epochs=0, validation_every=0,
-              validation_prompt=""):
+              validation_prompt="", fp32_math="highest"):
         from ..core.train import TrainSpec
 
         return (TrainSpec(steps=steps, batch_size=batch_size, grad_accum=gradient_accumulation, optimizer=optimizer,
@@ -58,7 +61,8 @@ class LoRALabTrainConfig:
                           warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, seed=seed,
                           checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
                           gradient_checkpointing=gradient_checkpointing, epochs=epochs,
-                          validation_every=validation_every, validation_prompt=validation_prompt),)
+                          validation_every=validation_every, validation_prompt=validation_prompt,
+                          fp32_math=fp32_math),)
 
 
 class LoRALabTrainLoRA:

@@ -295,6 +295,24 @@ def test_gradient_checkpointing_changes_nothing_but_memory_and_bf16_trains(tiny,
         train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=1, mixed_precision="fp16"))
 
 
+def test_fast_fp32_math_trains_close_to_exact_fp32_and_restores_the_global_switches(tiny, data):
+    spec = TrainSpec(steps=5, batch_size=2, lr=1e-2, seed=5)
+    exact = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
+    before = torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision
+    fast = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(**{**spec.__dict__, "fp32_math": "fast"}))
+    assert (torch.backends.mkldnn.matmul.fp32_precision, torch.backends.mkldnn.conv.fp32_precision) == before
+    # bf16 inner math (where the CPU has it) moves the losses by well under a percent of their size
+    torch.testing.assert_close(torch.tensor(fast.losses), torch.tensor(exact.losses), rtol=2e-2, atol=1e-3)
+    other_seed = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(**{**spec.__dict__, "seed": 6}))
+
+    def distance(a, b):
+        return sum((a.unet_state[k] - b.unet_state[k]).norm() ** 2 for k in a.unet_state) ** 0.5
+
+    assert distance(fast, exact) < 0.25 * distance(other_seed, exact)  # far closer than another seed's LoRA
+    with pytest.raises(ValueError, match="fp32_math 'tf32' is not one of highest, fast"):
+        train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=1, fp32_math="tf32"))
+
+
 def test_single_image_concept_adds_weighted_class_images_and_the_weights_reach_the_loss(tiny, output_dir):
     from loralab.core.train import encode_dataset
     from loralab.nodes.data import LoRALabSingleImageConcept

@@ -6,7 +6,7 @@ latents and embeddings cached once. Each side runs in its own process so peak me
 256 px = 32x32 latents, batch 1 (as REFERENCES.md measured).
 
     python tests/benchmarks/bench_train.py [--steps 4] [--size 256] [--gradient-checkpointing]
-                                           [--mixed-precision bf16] [--tiny]
+                                           [--mixed-precision bf16] [--fp32-math fast] [--tiny]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def run_reference(pipe, images, captions, steps):
     return times[1:]
 
 
-def run_ours(pipe, images, captions, steps, checkpointing, precision):
+def run_ours(pipe, images, captions, steps, checkpointing, precision, math):
     from loralab.core.lora import LoRAConfigSpec
     from loralab.core.noise import NoiseStrategy
     from loralab.core.train import TrainSpec, encode_dataset, train_lora
@@ -83,12 +83,13 @@ def run_ours(pipe, images, captions, steps, checkpointing, precision):
         last[0] = now
 
     train_lora(pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=4, alpha=4.0, init="gaussian"),
-               TrainSpec(steps=steps + 1, lr=1e-4, gradient_checkpointing=checkpointing, mixed_precision=precision),
+               TrainSpec(steps=steps + 1, lr=1e-4, gradient_checkpointing=checkpointing, mixed_precision=precision,
+                         fp32_math=math),
                progress=tick)
     return times[1:]
 
 
-def child(mode: str, steps: int, size: int, checkpointing: bool, precision: str, tiny: bool) -> None:
+def child(mode: str, steps: int, size: int, checkpointing: bool, precision: str, math: str, tiny: bool) -> None:
     import resource
 
     import torch
@@ -97,7 +98,7 @@ def child(mode: str, steps: int, size: int, checkpointing: bool, precision: str,
     images = torch.rand(4, size, size, 3, generator=torch.Generator().manual_seed(1))
     captions = ["a photo of a cat", "a red car", "a house", "a tree"]
     times = run_reference(pipe, images, captions, steps) if mode == "reference" else \
-        run_ours(pipe, images, captions, steps, checkpointing, precision)
+        run_ours(pipe, images, captions, steps, checkpointing, precision, math)
     print(json.dumps({"mode": mode, "seconds_per_step": sorted(times)[len(times) // 2],
                       "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
@@ -108,25 +109,29 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="ours only")
+    parser.add_argument("--fp32-math", default="highest", choices=["highest", "fast"], help="ours only")
     parser.add_argument("--tiny", action="store_true", help="the embedded tiny model instead of full-size SD1.5")
     parser.add_argument("--child", choices=["reference", "ours"])
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.steps, args.size, args.gradient_checkpointing, args.mixed_precision, args.tiny)
+        child(args.child, args.steps, args.size, args.gradient_checkpointing, args.mixed_precision, args.fp32_math,
+              args.tiny)
         return
     rows = {}
     for mode in ("reference", "ours"):
         cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--size", str(args.size)]
         if args.gradient_checkpointing:
             cmd.append("--gradient-checkpointing")
-        cmd += ["--mixed-precision", args.mixed_precision] + (["--tiny"] if args.tiny else [])
+        cmd += ["--mixed-precision", args.mixed_precision, "--fp32-math", args.fp32_math]
+        cmd += ["--tiny"] if args.tiny else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows[mode] = json.loads(out)
     ref, ours = rows["reference"], rows["ours"]
     model = "embedded tiny model" if args.tiny else "full-size SD1.5 (random weights)"
     print(f"LoRA training step, {model}, {args.size}px, batch 1, rank 4 attention, fp32"
           + (", gradient checkpointing (ours)" if args.gradient_checkpointing else "")
-          + (f", {args.mixed_precision} autocast (ours)" if args.mixed_precision != "no" else ""))
+          + (f", {args.mixed_precision} autocast (ours)" if args.mixed_precision != "no" else "")
+          + (", fp32 with fast math (ours)" if args.fp32_math == "fast" else ""))
     print(f"{'':34} {'s/step':>8} {'peak RSS GiB':>13}")
     print(f"{'reference (VAE + TE every step)':34} {ref['seconds_per_step']:8.3f} {ref['peak_rss_gib']:13.2f}")
     print(f"{'ours (cached latents/embeddings)':34} {ours['seconds_per_step']:8.3f} {ours['peak_rss_gib']:13.2f}")
