@@ -32,7 +32,7 @@ def _run(node: str, compute):
 
 
 def _with_text(table):
-    from ..core.stats import to_markdown
+    from ..core.score_report import to_markdown
 
     return (table, to_markdown(table))
 
@@ -205,7 +205,7 @@ class LoRALabSaveScores:
     def save(self, scores, filename_prefix, format):
         from ..core import runtime
         from ..core.images import UnsafePathError
-        from ..core.stats import save_scores
+        from ..core.score_report import save_scores
 
         if format not in SAVE_FORMATS:
             raise ValueError(f"LoRA Lab: Save Scores: input 'format': {format!r} is not one of "
@@ -242,7 +242,7 @@ class LoRALabShowScores:
         import numpy as np
         import torch
 
-        from ..core.stats import render_table_image, to_markdown
+        from ..core.score_report import render_table_image, to_markdown
         from .io import LoRALabPreviewImage
 
         text = to_markdown(scores, digits, max_rows)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from loralab.core import stats
+from loralab.core import score_report, stats
 from loralab.core.scores import ScoreTable
 from loralab.nodes.report import (
     LoRALabCombineScores,
@@ -353,12 +353,12 @@ def test_pareto_of_group_means_and_missing_points():
                                         (1.5e-12, "1.500e-12"), (2.5e7, "2.500e+07"), (-4.2891, "-4.289"),
                                         (0.0, "0"), (float("inf"), "inf"), (None, ""), (12, "12"), (True, "True")])
 def test_preview_cells_round_floats_to_significant_digits(value, text):
-    assert stats.format_value(value, 4) == text
+    assert score_report.format_value(value, 4) == text
 
 
 def test_markdown_preview_aligns_columns_and_counts_rows_left_out():
     table = ScoreTable(("model", "cfg"), [{"model": f"m|{i}", "cfg": 7.5, "ssim": 1 / (i + 1)} for i in range(5)])
-    text = stats.to_markdown(table, digits=3, max_rows=3)
+    text = score_report.to_markdown(table, digits=3, max_rows=3)
     lines = text.splitlines()
     assert lines[0] == "| model | cfg |  ssim |"
     assert lines[1] == "|-------|----:|------:|"
@@ -369,7 +369,7 @@ def test_markdown_preview_aligns_columns_and_counts_rows_left_out():
 def test_csv_and_json_keep_full_precision_and_read_back(output_dir):
     table = ScoreTable(("model", "seed"), [{"model": "a, b", "seed": 1, "x": 1 / 3, "y": None},
                                            {"model": "c", "seed": 2, "x": math.pi * 1e-9, "y": float("inf")}])
-    paths = stats.save_scores(table, output_dir, "run/scores")
+    paths = score_report.save_scores(table, output_dir, "run/scores")
     assert [p.name for p in paths] == ["scores_00001_.csv", "scores_00001_.json"]
     rows = list(csv.DictReader(io.StringIO(paths[0].read_text())))
     assert [float(r["x"]) for r in rows] == [1 / 3, math.pi * 1e-9]
@@ -458,7 +458,7 @@ def test_show_scores_node_previews_the_table_as_an_image_and_returns_text(output
     comparison = stats.compare(generated(), "model", "base", group_by=("category",))
     result = LoRALabShowScores().show(comparison, 3, 4)
     text, image = result["result"]
-    assert text == stats.to_markdown(comparison, 3, 4) and result["ui"]["text"] == [text]
+    assert text == score_report.to_markdown(comparison, 3, 4) and result["ui"]["text"] == [text]
     assert image.shape[0] == 1 and image.shape[-1] == 3 and image.dtype.is_floating_point
     assert float(image.min()) == 0.0 and float(image.max()) == 1.0  # black text on white
     entry = result["ui"]["images"][0]
