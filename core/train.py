@@ -47,7 +47,7 @@ class TrainSpec:
     max_grad_norm: float = 1.0  # 0 = no clipping
     mixed_precision: str = "no"  # "no", "bf16" (autocast; CPU or GPU), "fp16" (autocast + loss scaling; GPU)
     gradient_checkpointing: bool = False
-    fp32_math: str = "highest"  # "fast": TF32 on NVIDIA GPUs, oneDNN bf16 math on CPUs (fp32 storage)
+    fp32_math: str = "highest"  # "fast": TF32 matmuls/convolutions on NVIDIA GPUs (no effect on CPUs)
     seed: int = 0
     checkpoint_every: int = 0  # 0 = only at the end
     epochs: int = 0  # > 0: train this many passes over the data instead of ``steps``
@@ -162,33 +162,22 @@ def _autocast(mixed_precision: str, device: torch.device):
 
 @contextmanager
 def fp32_math(mode: str, device: torch.device):
-    """fp32 matmuls and convolutions at full precision ("highest"), or with reduced-precision
-    inner math ("fast"): TF32 on NVIDIA GPUs (diffusers' scripts' ``--allow_tf32``; PyTorch already
-    uses it for cuDNN convolutions by default), bf16 via oneDNN on CPUs that have it (AMX /
-    AVX512-BF16; elsewhere oneDNN stays fp32). Tensors stay fp32; the global switches are restored."""
+    """fp32 matmuls and convolutions at full precision ("highest"), or with TF32 inner math on
+    NVIDIA GPUs ("fast", diffusers' scripts' ``--allow_tf32``; PyTorch already uses TF32 for cuDNN
+    convolutions by default). On CPUs "fast" changes nothing: oneDNN's bf16 math for fp32 tensors
+    made the SD1.5 LoRA step slower here (per-call conversions), so use bf16 autocast there.
+    The global switches are restored afterwards."""
     if mode not in ("highest", "fast"):
         raise ValueError(f"fp32_math {mode!r} is not one of highest, fast")
-    if mode == "highest":
+    if mode == "highest" or device.type != "cuda":
         yield
         return
-    if device.type == "cuda":
-        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-        return
-    switches = [getattr(torch.backends.mkldnn, kind, None) for kind in ("matmul", "conv")]
-    switches = [s for s in switches if s is not None and hasattr(s, "fp32_precision")]
-    saved = [s.fp32_precision for s in switches]
-    for s in switches:
-        s.fp32_precision = "bf16"
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         yield
     finally:
-        for s, value in zip(switches, saved, strict=True):
-            s.fp32_precision = value
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _lr_schedule(optimizer, spec: TrainSpec):

@@ -47,7 +47,7 @@ class LoRALabTrainConfig:
                                        "Recompute activations in the backward pass: less memory, more time."}),
             "fp32_math": (["highest", "fast"], {"default": "highest", "tooltip":
                           "fp32 layers' inner math: highest = true fp32; fast = TF32 on NVIDIA GPUs (like "
-                          "--allow_tf32), bf16 on CPUs with AMX/AVX512-BF16. Weights and activations stay fp32."}),
+                          "--allow_tf32). No effect on CPUs (use mixed_precision bf16 there)."}),
         }}
 
     def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",

@@ -5,7 +5,7 @@ encoder on every step, peft LoRA on attention (rank 4), AdamW, fp32. Ours is ``t
 latents and embeddings cached once. Each side runs in its own process so peak memory is its own.
 256 px = 32x32 latents, batch 1 (as REFERENCES.md measured).
 
-    python tests/benchmarks/bench_train.py [--steps 4] [--size 256] [--gradient-checkpointing]
+    python tests/benchmarks/bench_train.py [--steps 4] [--rounds 2] [--size 256] [--gradient-checkpointing]
                                            [--mixed-precision bf16] [--fp32-math fast] [--tiny]
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -106,6 +107,7 @@ def child(mode: str, steps: int, size: int, checkpointing: bool, precision: str,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2, help="processes per side, alternating; medians reported")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="ours only")
@@ -117,16 +119,18 @@ def main() -> None:
         child(args.child, args.steps, args.size, args.gradient_checkpointing, args.mixed_precision, args.fp32_math,
               args.tiny)
         return
-    rows = {}
-    for mode in ("reference", "ours"):
-        cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--size", str(args.size)]
-        if args.gradient_checkpointing:
-            cmd.append("--gradient-checkpointing")
-        cmd += ["--mixed-precision", args.mixed_precision, "--fp32-math", args.fp32_math]
-        cmd += ["--tiny"] if args.tiny else []
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        rows[mode] = json.loads(out)
-    ref, ours = rows["reference"], rows["ours"]
+    runs: dict[str, list] = {"reference": [], "ours": []}
+    for round_ in range(args.rounds):  # alternate the order so background load hits both sides alike
+        for mode in ("reference", "ours") if round_ % 2 == 0 else ("ours", "reference"):
+            cmd = [sys.executable, __file__, "--child", mode, "--steps", str(args.steps), "--size", str(args.size)]
+            if args.gradient_checkpointing:
+                cmd.append("--gradient-checkpointing")
+            cmd += ["--mixed-precision", args.mixed_precision, "--fp32-math", args.fp32_math]
+            cmd += ["--tiny"] if args.tiny else []
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            runs[mode].append(json.loads(out))
+    ref, ours = ({key: statistics.median(r[key] for r in runs[mode]) for key in ("seconds_per_step", "peak_rss_gib")}
+                 for mode in ("reference", "ours"))
     model = "embedded tiny model" if args.tiny else "full-size SD1.5 (random weights)"
     print(f"LoRA training step, {model}, {args.size}px, batch 1, rank 4 attention, fp32"
           + (", gradient checkpointing (ours)" if args.gradient_checkpointing else "")
