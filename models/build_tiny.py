@@ -6,6 +6,11 @@ a laptop CPU. Weights come from a fixed seed; the committed safetensors files ar
 and this script reproduces them:
 
     python models/build_tiny.py          # rewrites models/tiny-sd/
+    python models/build_tiny.py clip     # rewrites models/tiny-clip/
+
+``tiny-clip`` is a tiny random CLIP (text and vision towers) for the CLIP metrics, so workflows
+that score with CLIP run on a fresh machine ("embedded: tiny-clip"); like the tiny model's images,
+its scores only show that the graph runs.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
 OUT = Path(__file__).parent / "tiny-sd"
+CLIP_OUT = Path(__file__).parent / "tiny-clip"
 SEED = 20261122
 TOKENIZER = Path(__file__).parent / "tokenizers" / "clip"
 
@@ -74,5 +80,26 @@ def build(out: Path = OUT) -> dict[str, int]:
     return counts
 
 
+def build_clip(out: Path = CLIP_OUT) -> int:
+    torch.manual_seed(SEED + 1)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                         eos_token_id=49407, pad_token_id=49407),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=32)
+    model = CLIPModel(config)
+    # fp16 halves the file; the CLIP metrics load it as fp32.
+    model.to(torch.float16).save_pretrained(out)
+    count = sum(p.numel() for p in model.parameters())
+    (out / "README.md").write_text(
+        f"Embedded tiny CLIP made by models/build_tiny.py (seed {SEED + 1}), random weights, {count} parameters.\n"
+        "Its scores only show that a workflow runs; use a real CLIP folder for results.\n")
+    return count
+
+
 if __name__ == "__main__":
-    print(build())
+    import sys
+
+    print(build_clip() if sys.argv[1:] == ["clip"] else build())

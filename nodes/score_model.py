@@ -18,7 +18,8 @@ CLIP_MODEL = ("STRING", {"default": CLIP_DEFAULT, "tooltip":
                          "A Hugging Face CLIP folder (config.json, model.safetensors, preprocessor_config.json, "
                          "tokenizer files) in ComfyUI's models/clip_vision (headless: <models-dir>/clip_vision), "
                          "or an absolute path. E.g. all files of huggingface.co/openai/clip-vit-large-patch14 in "
-                         "models/clip_vision/clip-vit-large-patch14. Never downloaded."})
+                         "models/clip_vision/clip-vit-large-patch14. Never downloaded. 'embedded: tiny-clip' = "
+                         "the tiny random CLIP we ship: the graph runs anywhere, its scores mean nothing."})
 
 
 def batch_size_input(default: int):
@@ -222,7 +223,7 @@ class LoRALabLPIPS:
     RETURN_TYPES = ("LL_SCORES",)
     RETURN_NAMES = ("scores",)
     OUTPUT_TOOLTIPS = ("One row per image: the key columns of 'image_scores' (else 'image'), the image index "
-                       "and lpips_<net>.",)
+                       "and lpips_<net> (lpips_<net>_rand with the random trunk).",)
     FUNCTION = "score"
 
     @classmethod
@@ -240,7 +241,8 @@ class LoRALabLPIPS:
                                   f"auto = torchvision's file for the net ({files}) in ComfyUI's models/metrics "
                                   "(headless: <models-dir>/metrics; torch's hub cache also works); or a file "
                                   "name there, or an absolute path. Never downloaded; from "
-                                  "download.pytorch.org/models/<file>."}),
+                                  "download.pytorch.org/models/<file>. 'random' = a random trunk (seed 0; "
+                                  "the LPIPS paper's rand baseline), no file needed."}),
                 "batch_size": batch_size_input(16),
             },
             "optional": {"image_scores": OPTIONAL_IMAGE_SCORES, "pipeline": OPTIONAL_PIPELINE},
@@ -256,11 +258,14 @@ class LoRALabLPIPS:
             raise input_error(node, "reference", e) from None
         check_image_scores(node, image_scores, len(images))
         try:
-            model = lpips.load_lpips(net, weights.find_weight_file(trunk_weights, LPIPS_TRUNKS[net]))
+            trunk = (None if trunk_weights.strip() == weights.RANDOM_TRUNK
+                     else weights.find_weight_file(trunk_weights, LPIPS_TRUNKS[net]))
+            model = lpips.load_lpips(net, trunk)
         except weights.WeightsError as e:
             raise input_error(node, "trunk_weights", e) from None
         distances = lpips.lpips_distance(model, images, reference, device_of(pipeline), batch_size)
-        return (per_image_table({f"lpips_{net}": distances}, len(images), image_scores),)
+        column = f"lpips_{net}" if trunk is not None else f"lpips_{net}_rand"  # never mistaken for the real one
+        return (per_image_table({column: distances}, len(images), image_scores),)
 
 
 NODE_CLASS_MAPPINGS = {

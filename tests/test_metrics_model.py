@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from types import SimpleNamespace
 
 import lpips
@@ -19,6 +20,7 @@ import torchvision
 from torchmetrics.image.fid import NoTrainInceptionV3
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
+import loralab
 from loralab.core.checkpoints import TOKENIZER
 from loralab.core.metrics import clip, fid, weights
 from loralab.core.scores import ScoreTable
@@ -279,6 +281,37 @@ def test_lpips_equals_the_lpips_package_on_the_same_random_trunk(models_dir, net
     (same,) = LoRALabLPIPS().score(images, images[2:3], net, "auto", 4)  # one reference for all
     assert same.rows[2][f"lpips_{net}"] == 0 and min(r[f"lpips_{net}"] for r in same.rows) == 0
     assert sum(r[f"lpips_{net}"] > 0 for r in same.rows) == 3
+
+
+
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weights).*:UserWarning")
+def test_random_trunk_lpips_is_the_lpips_package_with_a_seeded_random_trunk(models_dir, no_network):
+    torch.manual_seed(0)
+    reference_model = lpips.LPIPS(pretrained=True, net="alex", pnet_rand=True, verbose=False).eval()
+    g = torch.Generator().manual_seed(3)
+    images, refs = torch.rand(3, 40, 40, 3, generator=g), torch.rand(3, 40, 40, 3, generator=g)
+    torch.manual_seed(123)  # the node seeds the trunk itself and leaves the global RNG alone
+    state = torch.random.get_rng_state()
+    (scores,) = LoRALabLPIPS().score(images, refs, "alex", "random", 2)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    with torch.no_grad():
+        expected = reference_model(images.permute(0, 3, 1, 2), refs.permute(0, 3, 1, 2), normalize=True).flatten()
+    assert set(scores.columns) >= {"lpips_alex_rand"} and "lpips_alex" not in scores.columns
+    ours = torch.tensor([r["lpips_alex_rand"] for r in scores.rows], dtype=torch.float64)
+    torch.testing.assert_close(ours, expected.double(), atol=1e-5, rtol=1e-5)
+
+
+def test_the_embedded_tiny_clip_loads_offline_and_scores_like_any_clip_folder(no_network):
+    folder = weights.find_clip_folder(weights.EMBEDDED_CLIP)
+    assert folder == Path(loralab.__file__).parent / "models" / "tiny-clip"
+    model = clip.load_clip(folder)
+    assert next(model.model.parameters()).dtype == torch.float32  # stored fp16, scored in fp32
+    images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(5))  # its input size
+    (scores,) = LoRALabCLIPScore().score(images, weights.EMBEDDED_CLIP, "a red apple\na blue car", 2)
+    cos = (by_hand_embeddings(model.model, images) *
+           by_hand_embeddings(model.model, texts=["a red apple", "a blue car"])).sum(-1)
+    expected = (100 * cos.clamp(min=0)).tolist()
+    assert [r["clip_score"] for r in scores.rows] == pytest.approx(expected, abs=1e-3)
 
 
 # --- Missing weights ------------------------------------------------------------------------------

@@ -29,14 +29,17 @@ def _trunk_key(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)  # a sweep scores many batches with one network
-def _load(net: str, path: str, stamp: tuple):
+def _load(net: str, path: str | None, stamp: tuple):
     import lpips
 
-    with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated pretrained=False
-        warnings.simplefilter("ignore", UserWarning)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", UserWarning)  # lpips builds its trunk with torchvision's pretrained=False
+        torch.manual_seed(0)
         model = lpips.LPIPS(pretrained=False, net=net, version="0.1", pnet_rand=True, verbose=False)
     linear = Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
     model.load_state_dict(torch.load(linear, map_location="cpu", weights_only=True), strict=False)  # lin* only
+    if path is None:
+        return model.eval().requires_grad_(False)
     state, expected = load_state_dict(Path(path)), LPIPS_TRUNKS[net]
     for name, tensor in model.net.state_dict().items():
         key = _trunk_key(name)
@@ -48,11 +51,13 @@ def _load(net: str, path: str, stamp: tuple):
     return model.eval().requires_grad_(False)
 
 
-def load_lpips(net: str, trunk: Path):
-    """``lpips.LPIPS`` v0.1 with the package's linear layers and the trunk from the file ``trunk``
-    (kept on the CPU between calls)."""
+def load_lpips(net: str, trunk: Path | None):
+    """``lpips.LPIPS`` v0.1 with the package's linear layers and the trunk from the file ``trunk``,
+    or a random trunk (seed 0) for ``None`` (kept on the CPU between calls)."""
     if net not in NETS:
         raise ValueError(f"unknown LPIPS network {net!r}; choose one of {', '.join(NETS)}")
+    if trunk is None:
+        return _load(net, None, ())
     stat = trunk.stat()
     return _load(net, str(trunk), (stat.st_mtime_ns, stat.st_size))
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoints import model_roots
+from ..checkpoints import MODELS_DIR, model_roots
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ LPIPS_TRUNKS = {
                           "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
 }
 CLIP_DEFAULT = "clip-vit-large-patch14"  # torchmetrics CLIPScore's default model
+# A tiny random CLIP we ship so CLIP-scoring workflows run anywhere; its scores mean nothing.
+EMBEDDED_CLIP = "embedded: tiny-clip"
+# LPIPS with a randomly initialised trunk (the LPIPS paper's "rand" baseline): no file needed.
+RANDOM_TRUNK = "random"
 CLIP_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                      "pytorch_model.bin.index.json")
 
@@ -105,8 +109,11 @@ def find_weight_file(value: str, default: WeightFile) -> Path:
 
 def find_clip_folder(value: str) -> Path:
     """A Hugging Face CLIP folder (``config.json`` + weights, as ``CLIPModel.save_pretrained``
-    writes it): a folder name looked up in the CLIP folders, or an absolute path."""
+    writes it): a folder name looked up in the CLIP folders, an absolute path, or the embedded
+    tiny CLIP."""
     value = value.strip() or CLIP_DEFAULT
+    if value == EMBEDDED_CLIP:
+        return MODELS_DIR / "tiny-clip"
     folders = clip_folders()
     how = (f"Place a Hugging Face CLIP folder (config.json, model.safetensors, preprocessor_config.json "
            f"and the tokenizer files; e.g. all files of https://huggingface.co/openai/{CLIP_DEFAULT}) at "
