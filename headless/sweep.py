@@ -10,6 +10,9 @@ Experiment file (TOML)::
     [axes]
     "Sampler A.sampler_name" = ["euler", "ddim", "dpmpp_2m"]
     "Generate A.steps" = [4, 8, 12, 16]
+    # A bundle axis: a name without a dot whose values are tables of overrides set together,
+    # so a grid can cross whole configurations (seed 004's LoRAs L1..L7 x schedulers).
+    lora = [{ "LoRA Config.rank" = 4 }, { "LoRA Config.rank" = 16, "Noise Strategy.beta_schedule" = "cosine" }]
 
 Axes on nodes further upstream vary slowest, so with the executor's cache an upstream node runs
 once per value of its own axis, whatever order the file lists the axes in.
@@ -65,6 +68,11 @@ def load_experiment(path: str | Path) -> Experiment:
     axes = data.get("axes", {})
     if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
         raise invalid_prompt("[axes] must map \"NODE.INPUT\" to a non-empty list of values")
+    for name, values in axes.items():
+        if "." not in name and not all(isinstance(v, dict) and v and all("." in k for k in v) for v in values):
+            raise invalid_prompt(f"[axes] {name!r} is a bundle axis (no dot in its name): each value must be a "
+                                 "non-empty table of \"NODE.INPUT\" = value overrides",
+                                 f"got {values!r}"[:300])
     mode = data.get("mode", "grid")
     if mode not in ("grid", "zip"):
         raise invalid_prompt(f"mode = {mode!r}: valid modes are 'grid' and 'zip'")
@@ -84,13 +92,16 @@ def run_id(overrides: dict, repeat: int) -> str:
 
 def expand(exp: Experiment, depth: dict[str, int] | None = None) -> list[Run]:
     """Every run of the experiment. ``depth`` (axis -> distance of its node from the sources)
-    orders the grid so upstream axes vary slowest."""
+    orders the grid so upstream axes vary slowest. A bundle axis's table is merged into the run's
+    overrides."""
     names = sorted(exp.axes, key=lambda a: (depth or {}).get(a, 0))
     values = [exp.axes[n] for n in names]
     combos = zip(*values, strict=True) if exp.mode == "zip" else itertools.product(*values)
     runs = []
     for combo in combos:
-        overrides = {**exp.fixed, **dict(zip(names, combo, strict=True))}
+        overrides = dict(exp.fixed)
+        for name, value in zip(names, combo, strict=True):
+            overrides.update(value if "." not in name else {name: value})
         for repeat in range(exp.repeats):
             runs.append(Run(run_id(overrides, repeat), overrides, repeat))
     return runs

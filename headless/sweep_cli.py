@@ -32,7 +32,13 @@ def cmd_sweep(args) -> int:
     base, ui = load_any(str(exp.workflow))
     registry, _ = _registry()
     depths = node_depths(base)
-    axis_depth = {a: depths[resolve_node(base, parse_override(f"{a}=0")[0], f"axis {a!r}")] for a in exp.axes}
+
+    def depth(target: str) -> int:
+        return depths[resolve_node(base, parse_override(f"{target}=0")[0], f"axis {target!r}")]
+
+    # A bundle axis sits as far upstream as its most upstream override.
+    axis_depth = {a: depth(a) if "." in a else min(depth(k) for table in values for k in table)
+                  for a, values in exp.axes.items()}
     runs = shard(expand(exp, axis_depth), args.shard)
     for run in runs:  # refuse a bad experiment before running anything
         validate(apply_overrides(base, run.as_set_args()), registry)

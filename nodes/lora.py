@@ -48,12 +48,16 @@ class LoRALabTrainConfig:
             "fp32_math": (["highest", "fast"], {"default": "highest", "tooltip":
                           "fp32 layers' inner math: highest = true fp32; fast = TF32 on NVIDIA GPUs (like "
                           "--allow_tf32). No effect on CPUs (use mixed_precision bf16 there)."}),
+            "beta1": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 0.9999, "step": 0.001, "round": False,
+                      "tooltip": "Adam/AdamW β1 (SGD: momentum)."}),
+            "beta2": ("FLOAT", {"default": 0.999, "min": 0.0, "max": 0.99999, "step": 0.0001, "round": False,
+                      "tooltip": "Adam/AdamW β2 (seed 002: 0.999)."}),
         }}
 
     def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",
               gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0,
               mixed_precision="no", gradient_checkpointing=False, epochs=0, validation_every=0,
-              validation_prompt="", fp32_math="highest"):
+              validation_prompt="", fp32_math="highest", beta1=0.9, beta2=0.999):
         from ..core.train import TrainSpec
 
         return (TrainSpec(steps=steps, batch_size=batch_size, grad_accum=gradient_accumulation, optimizer=optimizer,
@@ -62,7 +66,7 @@ class LoRALabTrainConfig:
                           checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
                           gradient_checkpointing=gradient_checkpointing, epochs=epochs,
                           validation_every=validation_every, validation_prompt=validation_prompt,
-                          fp32_math=fp32_math),)
+                          fp32_math=fp32_math, beta1=beta1, beta2=beta2),)
 
 
 class LoRALabTrainLoRA:

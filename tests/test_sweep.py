@@ -83,6 +83,23 @@ def test_run_ids_derive_from_overrides_and_zip_mode_pairs_values(tmp_path):
     assert expand(exp)[0].run_id == runs[0].run_id
 
 
+def test_bundle_axes_cross_whole_configurations(tmp_path, capsys):
+    axes = ('config = [{ "5.steps" = 1, "5.cfg" = 3.0 }, { "5.steps" = 2, "5.cfg" = 4.0 }]\n'
+            '"Sampler A.sampler_name" = ["euler", "ddim"]')
+    exp = experiment(tmp_path, axes)
+    runs = expand(load_experiment(exp))
+    assert sorted(tuple(sorted(r.overrides.items())) for r in runs) == sorted(
+        tuple(sorted({"5.steps": s, "5.cfg": c, "Sampler A.sampler_name": n}.items()))
+        for s, c in ((1, 3.0), (2, 4.0)) for n in ("euler", "ddim"))
+    out = tmp_path / "out"
+    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 0
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["set:5.steps"], r["set:5.cfg"], r["set:Sampler A.sampler_name"]) for r in rows} == {
+        ("1", "3.0", "euler"), ("1", "3.0", "ddim"), ("2", "4.0", "euler"), ("2", "4.0", "ddim")}
+    executed = [node for r in records(out) for node in r["executed"]]
+    assert executed.count("3") == 2  # the sampler axis is upstream of the bundle (Generate): it varies slowest
+
 @pytest.mark.parametrize("text,message", [
     ('workflow = "small.json"\n[axes]\n"5.steps" = []', "non-empty list"),
     ('workflow = "small.json"\nmode = "random"', "valid modes"),
@@ -90,6 +107,8 @@ def test_run_ids_derive_from_overrides_and_zip_mode_pairs_values(tmp_path):
     ('workflow = "small.json"\n[axes]\n"5.steps" = [100000]', "bigger than max"),
     ('workflow = "small.json"\n[axes]\n"Nope.steps" = [1]', "no node with id or unique title 'Nope'"),
     ('workflow "x"', "not valid TOML"),
+    ('workflow = "small.json"\n[axes]\nconfig = [1, 2]', "bundle axis"),
+    ('workflow = "small.json"\n[axes]\nconfig = [{ "Nope.steps" = 1 }]', "no node with id or unique title 'Nope'"),
 ])
 def test_bad_experiments_exit_2_before_running_anything(tmp_path, capsys, text, message):
     small_workflow(tmp_path)

@@ -85,6 +85,21 @@ def test_gradient_clipping_really_clips(tiny, data, monkeypatch):
     assert seen and all(n > 0 for n in seen)
 
 
+def test_train_config_betas_reach_the_optimizer(tiny, data, monkeypatch):
+    from loralab.nodes.lora import LoRALabTrainConfig
+
+    (spec,) = LoRALabTrainConfig().build(2, 1, 5e-4, "constant", 0, beta1=0.8, beta2=0.95)
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(params, **kwargs):
+        seen.append(kwargs["betas"])
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
+    assert seen == [(0.8, 0.95)]
+
 def test_a_non_finite_loss_stops_with_a_clear_message(tiny, data):
     with pytest.raises(FloatingPointError, match="loss became"):
         train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=30, lr=1e12, max_grad_norm=0))
