@@ -335,3 +335,64 @@ def test_knowledge_transfer_workflow_writes_seed_000s_tables(tmp_path):
     assert {r["model"] for r in summary} == {rows[0]["baseline"], rows[0]["model"]}
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in summary
                if r["metric"] != "psnr_db" or r["ci_low"])
+
+
+def test_lora_rank_workflow_writes_seed_002s_tables(tmp_path):
+    import csv
+
+    path = QUICKSTART.with_name("lora_rank.json")
+    fast = [a for node in ("4", "15", "16", "17") for a in ("--set", f"{node}.steps=2")]
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", "--set", "8.epochs=1", *fast]) == 0
+    out = tmp_path / "out" / "lora_rank"
+    assert len(list(out.glob("rank16_*.png"))) == len(list(out.glob("rank64_*.png"))) == 50
+    summary = list(csv.DictReader((out / "summary_00001_.csv").open()))
+    assert {(r["model"].split(" + ")[-1], r["category"]) for r in summary} == {
+        (m, c) for m in ("embedded: tiny-sd", "cartoon-r16", "cartoon-r64") for c in ("normal", "abstract")}
+    assert all(r["metric"] == "clip_score" and r["n"] == "25" for r in summary)
+    costs = {r["rank"]: r for r in csv.DictReader((out / "costs_00001_.csv").open())}
+    assert set(costs) == {"16", "64"} and costs["64"]["alpha"] == "128.0"
+    assert int(costs["64"]["trainable_parameters"]) == 4 * int(costs["16"]["trainable_parameters"])
+    assert 3.5 < int(costs["64"]["file_size_bytes"]) / int(costs["16"]["file_size_bytes"]) < 4.1
+    change = list(csv.DictReader((out / "change_vs_base_00001_.csv").open()))
+    assert len(change) == 4 and all(r["baseline"] == "embedded: tiny-sd" and r["n_pairs"] == "25" for r in change)
+
+
+def test_style_noise_workflow_scores_content_style_lpips_and_time(tmp_path):
+    import csv
+
+    path = QUICKSTART.with_name("style_noise.json")
+    fast = ["--set", "Train Config.steps=3", *[a for node in ("4", "12", "13") for a in ("--set", f"{node}.steps=2")]]
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
+    out = tmp_path / "out" / "style_noise"
+    rows = list(csv.DictReader((out / "per_image_00001_.csv").open()))
+    assert len(rows) == 12 and {r["category"] for r in rows} == {"landscape", "portrait"}
+    for r in rows:
+        assert -1 <= float(r["clip_content_sim"]) <= 1 and -1 <= float(r["clip_style_sim"]) <= 1
+        assert float(r["lpips_alex_rand"]) >= 0 and float(r["seconds_per_image"]) > 0
+    gain = list(csv.DictReader((out / "style_gain_00001_.csv").open()))
+    assert len(gain) == 1 and gain[0]["n_pairs"] == "12" and gain[0]["model"].endswith("+ L1")
+    front = list(csv.DictReader((out / "pareto_00001_.csv").open()))
+    assert front and all(r["model"].endswith("+ L1") for r in front)
+
+
+def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tmp_path, capsys):
+    import toml
+
+    toml_path = QUICKSTART.with_name("style_noise.toml")
+    assert main(["sweep", str(toml_path), "-o", str(tmp_path / "dry"), "--dry-run"]) == 0  # validates all 77
+    assert capsys.readouterr().out.splitlines()[-1] == "77 runs, 0 done"
+    exp = toml.loads(toml_path.read_text())
+    exp["workflow"] = str(toml_path.with_name(exp["workflow"]))
+    exp["set"] = {"Train Config.steps": 2, "4.steps": 2}
+    exp["axes"]["lora"] = [exp["axes"]["lora"][0], exp["axes"]["lora"][4]]  # L1, L5 (min-SNR)
+    exp["axes"]["scheduler"] = [{**s, "Base images (content sources).steps": 2, "Styled images.steps": 2}
+                                for s in (exp["axes"]["scheduler"][0], exp["axes"]["scheduler"][8])]
+    small = tmp_path / "small.toml"
+    small.write_text(toml.dumps(exp))
+    out = tmp_path / "out"
+    assert main(["sweep", str(small), "-o", str(out), "-q"]) == 0
+    runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")]
+    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+    assert sum(node == "8" for r in runs for node in r["executed"]) == 2  # each LoRA trained once
+    models = {row.get("model") for r in runs for row in r["scores"]}
+    assert {"embedded: tiny-sd + L1", "embedded: tiny-sd + L5"} <= models
