@@ -48,7 +48,7 @@ class LoRALabFIDKID:
     RETURN_NAMES = ("scores",)
     OUTPUT_TOOLTIPS = ("One row: 'set' (and the key columns that are the same for every row of "
                        "'image_scores'), fid, kid_mean, kid_std, kid_subset_size, kid_subsets, n_generated, "
-                       "n_reference, feature_dim.",)
+                       "n_reference, feature_dim (fid_rand, kid_mean_rand, kid_std_rand with random weights).",)
     FUNCTION = "score"
 
     @classmethod
@@ -64,7 +64,9 @@ class LoRALabFIDKID:
                                       f"torch-fidelity's FID Inception file {INCEPTION.name} in ComfyUI's "
                                       "models/metrics (headless: <models-dir>/metrics; torch's hub cache "
                                       "also works), or an absolute path. Never downloaded; from "
-                                      f"{INCEPTION.url}"}),
+                                      f"{INCEPTION.url}. 'random' = the same network with seeded random "
+                                      "weights (columns fid_rand, kid_*_rand): the graph runs, the numbers "
+                                      "mean nothing."}),
                 "feature_dim": (list(FEATURE_DIMS), {"default": "2048", "tooltip":
                                 "Inception layer: 2048 (pool3) is standard FID; smaller layers need fewer "
                                 "images for a full-rank covariance."}),
@@ -94,11 +96,15 @@ class LoRALabFIDKID:
                 raise ValueError(f"{node}: input '{name}': got {len(images)} image(s); FID and KID need at "
                                  "least 2 per set (and FID is only comparable at equal N)")
         try:
-            extractor = fid.inception(weights.find_weight_file(inception_weights, INCEPTION), int(feature_dim))
+            random = inception_weights.strip() == weights.RANDOM_TRUNK
+            extractor = fid.inception(None if random else weights.find_weight_file(inception_weights, INCEPTION),
+                                      int(feature_dim))
         except weights.WeightsError as e:
             raise input_error(node, "inception_weights", e) from None
         result = fid.fid_kid(generated, reference, extractor, device_of(pipeline), batch_size, kid_subsets,
                              kid_subset_size)
+        if random:  # never mistaken for a real FID
+            result = {(f"{k}_rand" if k in ("fid", "kid_mean", "kid_std") else k): v for k, v in result.items()}
         keys, row = ("set",), {"set": set_label}
         if image_scores is not None:
             constant = [k for k in image_scores.keys if len({repr(r.get(k)) for r in image_scores.rows}) == 1]

@@ -173,6 +173,18 @@ def test_fid_node_loads_inception_from_the_models_folder(models_dir):
     assert row["fid"] > 0 and np.isfinite(row["kid_mean"])
 
 
+def test_random_inception_is_the_seeded_network_and_its_columns_say_so(models_dir, no_network):
+    g = torch.Generator().manual_seed(6)
+    generated, reference = torch.rand(3, 40, 40, 3, generator=g), torch.rand(3, 40, 40, 3, generator=g)
+    (rand,) = LoRALabFIDKID().score(generated, reference, "x", "random", "64", 5, 1000, 2)
+    random_inception_file(models_dir / "metrics")  # the same construction, seed 0, written to a file
+    (from_file,) = LoRALabFIDKID().score(generated, reference, "x", "auto", "64", 5, 1000, 2)
+    row, ref = rand.rows[0], from_file.rows[0]
+    assert "fid" not in row and "kid_mean" not in row
+    assert row["fid_rand"] == pytest.approx(ref["fid"], rel=1e-9) and row["fid_rand"] > 0
+    assert row["kid_mean_rand"] == pytest.approx(ref["kid_mean"], rel=1e-9)
+
+
 # --- CLIP -----------------------------------------------------------------------------------------
 
 

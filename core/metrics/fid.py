@@ -61,11 +61,35 @@ def _inception(path: str, stamp: tuple, dims: int) -> torch.nn.Module:
     return model
 
 
-def inception(path: Path, dims: int = 2048) -> torch.nn.Module:
+@functools.lru_cache(maxsize=1)
+def _random_inception(dims: int) -> torch.nn.Module:
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    class Random(NoTrainInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):
+            if state_dict:  # the empty dict below: keep the seeded initialisation
+                return super().load_state_dict(state_dict, strict, assign)
+            return None
+
+    buffer = io.BytesIO()
+    torch.save({}, buffer)  # given no file, torch-fidelity would download its weights
+    buffer.seek(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Random("inception-v3-compat", [str(dims)], buffer)
+    model.num_features = dims
+    return model.eval()
+
+
+def inception(path: Path | None, dims: int = 2048) -> torch.nn.Module:
     """torchmetrics' FID Inception-v3 with the weights of the local file ``path`` (kept on the CPU
-    between calls): uint8 ``[B, 3, H, W]`` images → ``[B, dims]`` features (``num_features`` = dims)."""
+    between calls): uint8 ``[B, 3, H, W]`` images → ``[B, dims]`` features (``num_features`` = dims).
+    ``path = None``: the same network with seeded random weights, for smoke runs (its FID means
+    nothing beyond "the graph runs")."""
     if dims not in FEATURE_DIMS:
         raise ValueError(f"Inception feature size {dims} is not one of {FEATURE_DIMS}")
+    if path is None:
+        return _random_inception(dims)
     stat = path.stat()
     return _inception(str(path), (stat.st_mtime_ns, stat.st_size), dims)
 
