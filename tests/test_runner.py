@@ -396,3 +396,44 @@ def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tm
     assert sum(node == "8" for r in runs for node in r["executed"]) == 2  # each LoRA trained once
     models = {row.get("model") for r in runs for row in r["scores"]}
     assert {"embedded: tiny-sd + L1", "embedded: tiny-sd + L5"} <= models
+
+
+def test_fashion_lora_workflow_and_sweep_give_seed_003s_fid_clip_and_parameter_counts(tmp_path):
+    import csv
+
+    import toml
+
+    path = QUICKSTART.with_name("fashion_lora.json")
+    fast = ["--set", "Train Config.epochs=1", *[a for node in ("4", "11", "12") for a in ("--set", f"{node}.steps=2")]]
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
+    out = tmp_path / "out" / "fashion_lora"
+    fids = {r["set"]: r for r in csv.DictReader((out / "fid_00001_.csv").open())}
+    assert set(fids) == {"base", "lora"} and all(r["n_generated"] == r["n_reference"] == "16" for r in fids.values())
+    assert "fid" not in fids["lora"] and float(fids["lora"]["fid_rand"]) >= 0  # random Inception, labelled so
+    (clip_row,) = csv.DictReader((out / "clip_00001_.csv").open())
+    assert clip_row["n_pairs"] == "16" and clip_row["model"] == "embedded: tiny-sd + unet-r2"
+
+    exp = toml.loads(QUICKSTART.with_name("fashion_lora.toml").read_text())
+    assert [c["Train LoRA.run_name"] for c in exp["axes"]["config"]] == [
+        "unet-r2", "unet-r1-te-r4", "te-r8", "unet-r1", "unet-r4", "unet-r8", "unet-r64"]
+    exp["workflow"] = str(path)
+    exp["set"] = {"Train Config.epochs": 1, "4.steps": 2, "11.steps": 2, "12.steps": 2}
+    exp["axes"]["config"] = [c for c in exp["axes"]["config"] if c["Train LoRA.run_name"] in ("unet-r1-te-r4", "te-r8")]
+    small = tmp_path / "small.toml"
+    small.write_text(toml.dumps(exp))
+    assert main(["sweep", str(small), "-o", str(tmp_path / "sweep"), "-q"]) == 0
+    runs = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "runs").glob("*/result.json")]
+    assert len(runs) == 2 and sum("12" in r["executed"] for r in runs) == 1  # base images made once
+    params = {row["lora"]: row["trainable_parameters"] for r in runs for row in r["scores"]
+              if row.get("node") == "9"}
+    assert set(params) == {"unet-r1-te-r4", "te-r8"} and all(p > 0 for p in params.values())
+
+
+def test_garment_concept_workflow_trains_a_single_image_lora_and_renders_the_prompts(tmp_path):
+    path = QUICKSTART.with_name("garment_concept.json")
+    fast = ["--set", "Train Config (2000 epochs of one image, lr 1e-4 constant).epochs=3",
+            "--set", "4.steps=2", "--set", "13.steps=2"]
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
+    out = tmp_path / "out"
+    assert len(list((out / "garment_concept").glob("garment_*.png"))) == 6
+    assert len(list((out / "loras").glob("garment-sweater_*.safetensors"))) == 1
