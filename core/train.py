@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from .choices import LR_SCHEDULES, OPTIMIZERS
+from .distill import LCMSpec, lcm_per_example_loss
 from .lora import LoRAConfigSpec, fit_budget, kohya_alpha, resolve_targets
 from .measure import measure
 from .noise import NoiseStrategy, alphas_cumprod, offset_noise, perturb_input_noise, snr, target_for
@@ -53,6 +54,7 @@ class TrainSpec:
     epochs: int = 0  # > 0: train this many passes over the data instead of ``steps``
     validation_every: int = 0  # 0 = no validation images
     validation_prompt: str = ""
+    distill: LCMSpec | None = None  # LCM-LoRA distillation instead of the denoising loss
 
 
 @dataclass
@@ -66,6 +68,7 @@ class TrainingData:
     weights: torch.Tensor | None = None  # per-example loss weights (DreamBooth prior preservation)
     added_cond: dict[str, torch.Tensor] = field(default_factory=dict)  # SDXL: text_embeds, time_ids
     tokens_2: torch.Tensor | None = None  # SDXL: the second tokenizer's ids
+    uncond: torch.Tensor | None = None  # the empty prompt's embedding (LCM distillation's guidance)
 
 
 @dataclass
@@ -121,6 +124,13 @@ def encode_dataset(pipe, images, captions: list[str], weights: list[float] | Non
     stacked = torch.stack(latents) if len(set(sizes)) == 1 else latents
     return TrainingData(stacked, embeddings.float().cpu(), list(captions), tokens.cpu(), example_weights, added,
                         tokens_2)
+
+
+def empty_prompt_embedding(pipe) -> torch.Tensor:
+    """The SD1 text encoder's output for "" (``[1, 77, D]``): classifier-free guidance's unconditional input."""
+    tokens = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids.to(pipe.text_encoder.device)
+    return pipe.text_encoder(tokens)[0].float().cpu()
 
 
 def _take(latents, index: list[int]) -> torch.Tensor:
@@ -306,7 +316,10 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
     latents = [data.latents] if isinstance(data.latents, torch.Tensor) else data.latents
     for tensor in (*latents, data.embeddings) + ((data.weights,) if data.weights is not None else ()):
         h.update(tensor.detach().float().cpu().numpy().tobytes())
-    settings = {"noise": asdict(noise), "lora": asdict(lcfg), "train": {**asdict(spec), "checkpoint_every": None}}
+    train = {**asdict(spec), "checkpoint_every": None}
+    if train["distill"] is None:  # so that checkpoints from before distillation existed still resume
+        del train["distill"]
+    settings = {"noise": asdict(noise), "lora": asdict(lcfg), "train": train}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -355,6 +368,13 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
     """Train a LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
     The pipeline's modules are wrapped only while training and come back unchanged."""
     lcfg = fit_budget(pipe, lcfg)
+    if spec.distill is not None:
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            raise ValueError("LCM distillation supports SD1.x models for now, not SDXL")
+        if not lcfg.train_unet or lcfg.text_encoder_rank:
+            raise ValueError("LCM distillation trains a UNet LoRA only: set train_unet on and text_encoder_rank 0")
+        if data.uncond is None:
+            raise ValueError("LCM distillation needs the empty prompt's embedding (TrainingData.uncond)")
     with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models, \
             fp32_math(spec.fp32_math, pipe.unet.device):
         checkpointing = pipe.unet.is_gradient_checkpointing
@@ -374,6 +394,25 @@ def steps_for(spec: TrainSpec, n_examples: int) -> TrainSpec:
         return spec
     per_step = spec.batch_size * spec.grad_accum
     return dataclasses.replace(spec, steps=max(1, math.ceil(spec.epochs * n_examples / per_step)))
+
+
+def _denoising_loss(unet, x0, cond, added, noise, alpha_bar, snr_t, noise_gen, autocast) -> torch.Tensor:
+    """The diffusion loss per example: noise x₀ at sampled t, predict, weight (Noise Strategy)."""
+    device = x0.device
+    t = noise.sample(len(x0), snr_t, noise_gen)
+    eps = offset_noise(x0.shape, noise_gen, noise.noise_offset).to(device)
+    eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
+    a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
+    noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
+    dtype = unet.dtype  # a half-precision base model takes half-precision inputs
+    if added:
+        added = {k: v.to(dtype) for k, v in added.items()}
+    with autocast:
+        pred = unet(noisy.to(dtype), t.to(device), encoder_hidden_states=cond.to(dtype),
+                    added_cond_kwargs=added).sample
+    target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
+    per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+    return per_sample * noise.weights(snr_t[t]).to(device, torch.float32)
 
 
 def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, validation=None) -> TrainResult:
@@ -398,6 +437,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     snr_t = snr(alpha_bar)
     latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
     embeddings = data.embeddings.clone().to(device)
+    uncond = data.uncond.to(device) if data.uncond is not None else None
     tokens = data.tokens.clone().to(device) if text_encoder is not None else None
     tokens_2 = data.tokens_2.clone().to(device) if text_encoder_2 is not None else None
     step, losses, lrs = 0, [], []
@@ -435,20 +475,11 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
                         added["text_embeds"] = pooled
                 else:
                     cond = embeddings[index]
-                t = noise.sample(len(index), snr_t, noise_gen)
-                eps = offset_noise(x0.shape, noise_gen, noise.noise_offset).to(device)
-                eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
-                a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
-                noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
-                dtype = unet.dtype  # a half-precision base model takes half-precision inputs
-                if added:
-                    added = {k: v.to(dtype) for k, v in added.items()}
-                with autocast:
-                    pred = unet(noisy.to(dtype), t.to(device), encoder_hidden_states=cond.to(dtype),
-                                added_cond_kwargs=added).sample
-                target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
-                per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
-                per_sample = per_sample * noise.weights(snr_t[t]).to(device, torch.float32)
+                if spec.distill is not None:
+                    per_sample = lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec.distill,
+                                                      noise.prediction, noise_gen, autocast)
+                else:
+                    per_sample = _denoising_loss(unet, x0, cond, added, noise, alpha_bar, snr_t, noise_gen, autocast)
                 if data.weights is not None:
                     per_sample = per_sample * data.weights[index].to(device)
                 loss = per_sample.mean() / spec.grad_accum
@@ -499,6 +530,8 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
         data = encode_dataset(lp.pipe, [image.clone() for image in images], captions, weights)
+        if spec.distill is not None:
+            data.uncond = empty_prompt_embedding(lp.pipe)
     validation_images = []
 
     def validate(step: int) -> None:

@@ -96,10 +96,13 @@ class LoRALabTrainLoRA:
             "images": ("IMAGE", {"tooltip": "Training images (a batch; width and height multiples of 8)."}),
             "captions": ("STRING", {"multiline": True, "default": "a photo in sks style", "tooltip":
                          "With images: one caption per line, one per image in order; or one for all."}),
+            "distill": ("LL_DISTILL", {"tooltip": "LCM-LoRA distillation (LoRA Lab: LCM Distill Config) instead "
+                                       "of the denoising loss: the Noise Strategy then gives only the beta "
+                                       "schedule and prediction type. SD1.x, UNet LoRA only."}),
         }}
 
     def train(self, pipeline, noise, lora_config, train_config, run_name, dataset=None, images=None,
-              captions="a photo in sks style"):
+              captions="a photo in sks style", distill=None):
         from ..core import runtime
         from ..core.images import UnsafePathError, safe_prefix_path
         from ..core.lora_files import merged_copy
@@ -110,6 +113,14 @@ class LoRALabTrainLoRA:
             folder, stem = safe_prefix_path(runtime.output_directory() / "loralab_checkpoints", run_name)
         except UnsafePathError as e:
             raise ValueError(f"LoRA Lab: Train LoRA: input 'run_name': {e}") from None
+        if distill is not None:
+            import dataclasses
+
+            if pipeline.family != "sd1" or not lora_config.train_unet or lora_config.text_encoder_rank:
+                raise ValueError(f"LoRA Lab: Train LoRA: input 'distill': LCM distillation trains a UNet LoRA on "
+                                 f"SD1.x models; got a {pipeline.family} model, train_unet="
+                                 f"{lora_config.train_unet}, text_encoder_rank={lora_config.text_encoder_rank}")
+            train_config = dataclasses.replace(train_config, distill=distill)
         weights = None
         if dataset is not None:
             images, lines, weights = dataset.images, dataset.captions, dataset.weights or None
@@ -298,10 +309,51 @@ class LoRALabBlendLoRAs:
         return (LabLoRA(tensors, int(down.shape[0]), float(down.shape[0]), lora_a.family, name, meta),)
 
 
+class LoRALabLCMDistillConfig:
+    DESCRIPTION = ("LCM-LoRA distillation settings for Train LoRA (Luo et al. 2023; diffusers' "
+                   "train_lcm_distill_lora_sd_wds.py): the LoRA learns to jump from any point of the base "
+                   "model's guided DDIM trajectory to its end, so the LCM sampler makes images in 2-8 steps "
+                   "at CFG 1. The teacher is the base model itself (the LoRA switched off).")
+    CATEGORY = "LoRA Lab/distill"
+    RETURN_TYPES = ("LL_DISTILL",)
+    RETURN_NAMES = ("distill",)
+    OUTPUT_TOOLTIPS = ("Connect to Train LoRA's 'distill' input.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..core.choices import LCM_LOSSES
+
+        return {"required": {
+            "ddim_steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip":
+                           "DDIM solver steps N of the teacher's trajectory (skip k = 1000/N timesteps)."}),
+            "w_min": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                "tooltip": "Smallest guidance scale w drawn per example (LCM's w; CFG = w + 1)."}),
+            "w_max": ("FLOAT", {"default": 15.0, "min": 0.0, "max": 30.0, "step": 0.1,
+                                "tooltip": "Largest guidance scale w drawn per example."}),
+            "loss": (list(LCM_LOSSES), {"default": "huber", "tooltip":
+                     "huber: sqrt(d^2 + c^2) - c (the LCM-LoRA paper); l2: squared error."}),
+        }, "optional": {
+            "huber_c": ("FLOAT", {"default": 0.001, "min": 1e-6, "max": 1.0, "step": 0.0001, "round": False,
+                                  "tooltip": "Huber loss c."}),
+            "timestep_scaling": ("FLOAT", {"default": 10.0, "min": 0.1, "max": 1000.0, "step": 0.1, "tooltip":
+                                 "Boundary-condition timestep scaling (LCMScheduler's timestep_scaling)."}),
+        }}
+
+    def build(self, ddim_steps, w_min, w_max, loss, huber_c=0.001, timestep_scaling=10.0):
+        from ..core.distill import LCMSpec
+
+        if w_min > w_max:
+            raise ValueError(f"LoRA Lab: LCM Distill Config: input 'w_min': {w_min} exceeds w_max {w_max}")
+        return (LCMSpec(ddim_steps, w_min, w_max, loss, huber_c, timestep_scaling),)
+
+
 NODE_CLASS_MAPPINGS = {"LoRALabTrainConfig": LoRALabTrainConfig, "LoRALabTrainLoRA": LoRALabTrainLoRA,
+                       "LoRALabLCMDistillConfig": LoRALabLCMDistillConfig,
                        "LoRALabApplyLoRA": LoRALabApplyLoRA, "LoRALabSaveLoRA": LoRALabSaveLoRA,
                        "LoRALabLoadLoRA": LoRALabLoadLoRA, "LoRALabBlendLoRAs": LoRALabBlendLoRAs}
 NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabTrainConfig": "LoRA Lab: Train Config",
                               "LoRALabTrainLoRA": "LoRA Lab: Train LoRA",
+                              "LoRALabLCMDistillConfig": "LoRA Lab: LCM Distill Config",
                               "LoRALabApplyLoRA": "LoRA Lab: Apply LoRA", "LoRALabSaveLoRA": "LoRA Lab: Save LoRA",
                               "LoRALabLoadLoRA": "LoRA Lab: Load LoRA", "LoRALabBlendLoRAs": "LoRA Lab: Blend LoRAs"}
