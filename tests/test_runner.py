@@ -437,3 +437,20 @@ def test_garment_concept_workflow_trains_a_single_image_lora_and_renders_the_pro
     out = tmp_path / "out"
     assert len(list((out / "garment_concept").glob("garment_*.png"))) == 6
     assert len(list((out / "loras").glob("garment-sweater_*.safetensors"))) == 1
+
+
+def test_lcm_lora_workflow_distills_and_times_seed_001s_models(tmp_path):
+    import csv
+
+    path = QUICKSTART.with_name("lcm_lora.json")
+    fast = ["--set", "7.steps=3", *[a for node in ("4", "15", "16") for a in ("--set", f"{node}.steps=2")]]
+    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
+    out = tmp_path / "out" / "lcm_lora"
+    assert len(list(out.glob("lcm_lora_*.png"))) == 8
+    fids = {r["set"]: r for r in csv.DictReader((out / "fid_00001_.csv").open())}
+    assert set(fids) == {"base", "lora", "lcm-lora"} and all(r["n_generated"] == "8" for r in fids.values())
+    speed = {r["model"]: r for r in csv.DictReader((out / "speed_00001_.csv").open())}
+    assert set(speed) == {"embedded: tiny-sd", "embedded: tiny-sd + flickr-lora", "embedded: tiny-sd + flickr-lcm-lora"}
+    assert speed["embedded: tiny-sd + flickr-lcm-lora"]["sampler"] == "lcm"
+    assert speed["embedded: tiny-sd + flickr-lcm-lora"]["steps"] == "4"
+    assert all(float(r["mean"]) > 0 for r in speed.values())
