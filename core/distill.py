@@ -97,11 +97,19 @@ def adapters_off(model):
 
 
 def lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec: LCMSpec, prediction: str, generator,
-                         autocast) -> torch.Tensor:
+                         autocast, added: dict | None = None) -> torch.Tensor:
     """One LCM-LoRA distillation step's per-example loss (see the module docstring). ``alpha_bar``
-    is ᾱ on the CPU; ``uncond`` the empty prompt's embedding (one row); random draws come from
-    ``generator`` (a CPU generator, so runs repeat and resume exactly)."""
+    is ᾱ on the CPU; ``uncond`` the empty prompt's embedding (one row; SD1); random draws come from
+    ``generator`` (a CPU generator, so runs repeat and resume exactly). SDXL passes ``added``
+    (pooled ``text_embeds``, ``time_ids``); its unconditional input is zeros for the prompt and
+    pooled embeddings with the same size conditioning (SDXL's ``force_zeros_for_empty_prompt``, as
+    diffusers' SDXL LCM scripts do)."""
     device, dtype, n = x0.device, unet.dtype, len(x0)
+    uncond_added = None
+    if added:
+        added = {k: v.to(device, dtype) for k, v in added.items()}
+        uncond = torch.zeros_like(cond[:1])
+        uncond_added = {**added, "text_embeds": torch.zeros_like(added["text_embeds"])}
     grid = ddim_timesteps(len(alpha_bar), spec.ddim_steps)
     index = torch.randint(0, spec.ddim_steps, (n,), generator=generator)
     s = grid[index]
@@ -115,9 +123,10 @@ def lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec: LCMSpec, predi
     a_s, a_t = shaped(alpha_bar[s]), shaped(alpha_bar[t])  # ᾱ_t is also the DDIM step's ᾱ_prev
     z_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps
 
-    def run(z, timesteps, embedding):
+    def run(z, timesteps, embedding, conditioning=added):
         with autocast:
-            return unet(z.to(dtype), timesteps.to(device), encoder_hidden_states=embedding.to(dtype)).sample.float()
+            return unet(z.to(dtype), timesteps.to(device), encoder_hidden_states=embedding.to(dtype),
+                        added_cond_kwargs=conditioning).sample.float()
 
     c_skip_s, c_out_s = (shaped(c.float()) for c in boundary_scalings(s, spec.timestep_scaling))
     c_skip_t, c_out_t = (shaped(c.float()) for c in boundary_scalings(t, spec.timestep_scaling))
@@ -125,7 +134,7 @@ def lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec: LCMSpec, predi
     with torch.no_grad():
         with adapters_off(unet):
             x_c, e_c = predicted_x0_and_eps(run(z_s, s, cond), z_s, a_s, prediction)
-            x_u, e_u = predicted_x0_and_eps(run(z_s, s, uncond.expand_as(cond)), z_s, a_s, prediction)
+            x_u, e_u = predicted_x0_and_eps(run(z_s, s, uncond.expand_as(cond), uncond_added), z_s, a_s, prediction)
         z_t = ddim_step(x_c + w * (x_c - x_u), e_c + w * (e_c - e_u), a_t)
         target = c_skip_t * z_t + c_out_t * predicted_x0_and_eps(run(z_t, t, cond), z_t, a_t, prediction)[0]
     return consistency_loss(student, target, spec)

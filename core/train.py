@@ -369,11 +369,9 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
     The pipeline's modules are wrapped only while training and come back unchanged."""
     lcfg = fit_budget(pipe, lcfg)
     if spec.distill is not None:
-        if getattr(pipe, "text_encoder_2", None) is not None:
-            raise ValueError("LCM distillation supports SD1.x models for now, not SDXL")
         if not lcfg.train_unet or lcfg.text_encoder_rank:
             raise ValueError("LCM distillation trains a UNet LoRA only: set train_unet on and text_encoder_rank 0")
-        if data.uncond is None:
+        if data.uncond is None and getattr(pipe, "text_encoder_2", None) is None:
             raise ValueError("LCM distillation needs the empty prompt's embedding (TrainingData.uncond)")
     with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models, \
             fp32_math(spec.fp32_math, pipe.unet.device):
@@ -477,7 +475,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
                     cond = embeddings[index]
                 if spec.distill is not None:
                     per_sample = lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec.distill,
-                                                      noise.prediction, noise_gen, autocast)
+                                                      noise.prediction, noise_gen, autocast, added)
                 else:
                     per_sample = _denoising_loss(unet, x0, cond, added, noise, alpha_bar, snr_t, noise_gen, autocast)
                 if data.weights is not None:
@@ -530,7 +528,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
         data = encode_dataset(lp.pipe, [image.clone() for image in images], captions, weights)
-        if spec.distill is not None:
+        if spec.distill is not None and lp.family == "sd1":  # SDXL's unconditional input is zeros
             data.uncond = empty_prompt_embedding(lp.pipe)
     validation_images = []
 

@@ -98,7 +98,7 @@ class LoRALabTrainLoRA:
                          "With images: one caption per line, one per image in order; or one for all."}),
             "distill": ("LL_DISTILL", {"tooltip": "LCM-LoRA distillation (LoRA Lab: LCM Distill Config) instead "
                                        "of the denoising loss: the Noise Strategy then gives only the beta "
-                                       "schedule and prediction type. SD1.x, UNet LoRA only."}),
+                                       "schedule and prediction type. UNet LoRA only."}),
         }}
 
     def train(self, pipeline, noise, lora_config, train_config, run_name, dataset=None, images=None,
@@ -116,10 +116,10 @@ class LoRALabTrainLoRA:
         if distill is not None:
             import dataclasses
 
-            if pipeline.family != "sd1" or not lora_config.train_unet or lora_config.text_encoder_rank:
-                raise ValueError(f"LoRA Lab: Train LoRA: input 'distill': LCM distillation trains a UNet LoRA on "
-                                 f"SD1.x models; got a {pipeline.family} model, train_unet="
-                                 f"{lora_config.train_unet}, text_encoder_rank={lora_config.text_encoder_rank}")
+            if not lora_config.train_unet or lora_config.text_encoder_rank:
+                raise ValueError(f"LoRA Lab: Train LoRA: input 'distill': LCM distillation trains a UNet LoRA "
+                                 f"only; got train_unet={lora_config.train_unet}, text_encoder_rank="
+                                 f"{lora_config.text_encoder_rank} in lora_config")
             train_config = dataclasses.replace(train_config, distill=distill)
         weights = None
         if dataset is not None:

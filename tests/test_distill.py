@@ -162,3 +162,35 @@ def test_distillation_refuses_what_it_cannot_do(tiny, data):
         train_lora(tiny.pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=4, alpha=4, text_encoder_rank=4), spec)
     with pytest.raises(ValueError, match="empty prompt"):
         train_lora(tiny.pipe, dataclasses.replace(data, uncond=None), NoiseStrategy(), LORA, spec)
+
+
+def test_sdxl_distillation_guides_with_zero_unconditional_embeddings(tmp_path):
+    from test_checkpoints import make_tiny_checkpoint
+
+    from loralab.core.checkpoints import load_single_file
+    from loralab.core.pipeline import LabPipeline
+    from loralab.core.train import train_from_images
+
+    path, config_dir, _ = make_tiny_checkpoint("sdxl", tmp_path)
+    pipe, family = load_single_file(path, torch.float32, config_dir=config_dir)
+    calls = []
+    forward = pipe.unet.forward
+
+    def spy(sample, timestep, encoder_hidden_states=None, added_cond_kwargs=None, **kwargs):
+        calls.append((encoder_hidden_states.detach().clone(), {k: v.detach().clone()
+                                                               for k, v in added_cond_kwargs.items()}))
+        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states,
+                       added_cond_kwargs=added_cond_kwargs, **kwargs)
+
+    pipe.unet.forward = spy
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    lora = train_from_images(LabPipeline(pipe, "tiny-sdxl", family), images, ["a sks photo"], NoiseStrategy(),
+                             LoRAConfigSpec(rank=4, alpha=4.0), TrainSpec(steps=2, batch_size=2, lr=1e-3,
+                                                                          distill=LCMSpec(ddim_steps=10)))
+    assert lora.family == "sdxl" and all(torch.isfinite(v).all() for v in lora.tensors.values())
+    assert len(calls) == 8  # per step: student, teacher cond, teacher uncond, target
+    for step in (0, 4):
+        student, uncond = calls[step], calls[step + 2]
+        assert student[0].abs().sum() > 0 and student[1]["text_embeds"].abs().sum() > 0
+        assert not uncond[0].any() and not uncond[1]["text_embeds"].any()
+        assert torch.equal(uncond[1]["time_ids"], student[1]["time_ids"])
