@@ -252,7 +252,44 @@ class LoRALabShowScores:
         return {"ui": {**preview, "text": [text]}, "result": (text, image)}
 
 
+class LoRALabPlotTrainingCurves:
+    DESCRIPTION = ("Plot the training loss (raw and smoothed) and the learning rate per step of up to four "
+                   "LoRAs in one figure (seed 002's loss curves, seed 004's training curves).")
+    CATEGORY = "LoRA Lab/report"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The figure (connect Save Image to keep it).",)
+    FUNCTION = "plot"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        lora = ("LL_LORA", {"tooltip": "A LoRA from Train LoRA (a loaded file has no training record)."})
+        return {"required": {
+            "lora_1": lora,
+            "smoothing": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 0.999, "step": 0.01, "tooltip":
+                          "EMA factor of the smoothed loss, debiased as TensorBoard does (0 = raw)."}),
+            "log_loss": ("BOOLEAN", {"default": False, "tooltip": "Logarithmic loss axis."}),
+        }, "optional": {"lora_2": lora, "lora_3": lora, "lora_4": lora}}
+
+    def plot(self, lora_1, smoothing, log_loss, lora_2=None, lora_3=None, lora_4=None):
+        import torch
+
+        from ..core.plots import training_curves
+        from .io import LoRALabPreviewImage
+
+        loras = [x for x in (lora_1, lora_2, lora_3, lora_4) if x is not None]
+        for slot, lora in enumerate(loras, 1):
+            if not lora.losses:
+                raise ValueError(f"LoRA Lab: Plot Training Curves: input 'lora_{slot}': LoRA {lora.name!r} has no "
+                                 "training record (it was loaded from a file); connect Train LoRA's output")
+        picture = training_curves([(x.name, x.losses, x.lrs) for x in loras], smoothing, log_loss)
+        image = torch.from_numpy(picture)[None]
+        return {"ui": LoRALabPreviewImage().save(image)["ui"], "result": (image,)}
+
+
 NODE_CLASS_MAPPINGS = {
+    "LoRALabPlotTrainingCurves": LoRALabPlotTrainingCurves,
     "LoRALabCombineScores": LoRALabCombineScores,
     "LoRALabSummarize": LoRALabSummarize,
     "LoRALabCompare": LoRALabCompare,
@@ -261,6 +298,7 @@ NODE_CLASS_MAPPINGS = {
     "LoRALabShowScores": LoRALabShowScores,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoRALabPlotTrainingCurves": "LoRA Lab: Plot Training Curves",
     "LoRALabCombineScores": "LoRA Lab: Combine Scores",
     "LoRALabSummarize": "LoRA Lab: Summarize",
     "LoRALabCompare": "LoRA Lab: Compare",

@@ -345,6 +345,7 @@ def test_lora_rank_workflow_writes_seed_002s_tables(tmp_path):
     assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", "--set", "8.epochs=1", *fast]) == 0
     out = tmp_path / "out" / "lora_rank"
     assert len(list(out.glob("rank16_*.png"))) == len(list(out.glob("rank64_*.png"))) == 50
+    assert len(list(out.glob("loss_curves_*.png"))) == 1
     summary = list(csv.DictReader((out / "summary_00001_.csv").open()))
     assert {(r["model"].split(" + ")[-1], r["category"]) for r in summary} == {
         (m, c) for m in ("embedded: tiny-sd", "cartoon-r16", "cartoon-r64") for c in ("normal", "abstract")}
@@ -371,6 +372,7 @@ def test_style_noise_workflow_scores_content_style_lpips_and_time(tmp_path):
         assert float(r["lpips_alex_rand"]) >= 0 and float(r["seconds_per_image"]) > 0
     gain = list(csv.DictReader((out / "style_gain_00001_.csv").open()))
     assert len(gain) == 1 and gain[0]["n_pairs"] == "12" and gain[0]["model"].endswith("+ L1")
+    assert len(list(out.glob("training_curves_*.png"))) == 1
     front = list(csv.DictReader((out / "pareto_00001_.csv").open()))
     assert front and all(r["model"].endswith("+ L1") for r in front)
 
