@@ -15,7 +15,7 @@ def normalise(info: dict) -> dict:
 
 def test_object_info_equals_what_comfyui_serves_for_our_nodes(monkeypatch, tmp_path):
     """tests/data/object_info.comfyui.json was fetched from ComfyUI 0.8's /object_info with this pack
-    installed (29 nodes) on a machine with no checkpoints or LoRA files. Refresh it when nodes change:
+    installed (30 nodes) on a machine with no checkpoints or LoRA files. Refresh it when nodes change:
     a node added or changed here without a refresh fails this test."""
     monkeypatch.chdir(tmp_path)  # no ./models: the model list is the embedded model only
     comfy = json.loads(COMFY.read_text())
