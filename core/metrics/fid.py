@@ -44,39 +44,28 @@ class _Precomputed(torch.nn.Module):
 
 
 @functools.lru_cache(maxsize=1)  # a sweep scores many sets with one network
-def _inception(path: str, stamp: tuple, dims: int) -> torch.nn.Module:
+def _inception(path: str | None, stamp: tuple, dims: int) -> torch.nn.Module:
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    buffer = io.BytesIO()
-    torch.save(load_state_dict(Path(path)), buffer)
-    buffer.seek(0)
-    # torch-fidelity torch.load()s whatever path it gets with weights_only=False. It gets these bytes,
-    # serialised here from tensors loaded with weights_only=True, never the user's file.
-    try:
-        model = NoTrainInceptionV3("inception-v3-compat", [str(dims)], buffer)
-    except RuntimeError as e:
-        raise WeightsError(f"{path!r} is not {INCEPTION.what} ({str(e).splitlines()[0]}); expected the file "
-                           f"{INCEPTION.name!r} from {INCEPTION.url}") from None
-    model.num_features = dims
-    return model
-
-
-@functools.lru_cache(maxsize=1)
-def _random_inception(dims: int) -> torch.nn.Module:
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
-    class Random(NoTrainInceptionV3):
+    class Unloaded(NoTrainInceptionV3):
+        # torch-fidelity torch.load()s its weights path with weights_only=False, and downloads when it
+        # has none. It gets an empty dict of our own making; the weights are loaded below, from
+        # tensors read without unpickling, so the user's file never reaches a pickle loader.
         def load_state_dict(self, state_dict, strict=True, assign=False):
-            if state_dict:  # the empty dict below: keep the seeded initialisation
-                return super().load_state_dict(state_dict, strict, assign)
-            return None
+            return super().load_state_dict(state_dict, strict, assign) if state_dict else None
 
-    buffer = io.BytesIO()
-    torch.save({}, buffer)  # given no file, torch-fidelity would download its weights
-    buffer.seek(0)
-    with torch.random.fork_rng(devices=[]):
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    with torch.random.fork_rng(devices=[]):  # path None: seeded random weights, global RNG untouched
         torch.manual_seed(0)
-        model = Random("inception-v3-compat", [str(dims)], buffer)
+        model = Unloaded("inception-v3-compat", [str(dims)], empty)
+    if path is not None:
+        try:
+            model.load_state_dict(load_state_dict(Path(path)))
+        except RuntimeError as e:
+            raise WeightsError(f"{path!r} is not {INCEPTION.what} ({str(e).splitlines()[0]}); expected the file "
+                               f"{INCEPTION.name!r} from {INCEPTION.url}") from None
     model.num_features = dims
     return model.eval()
 
@@ -89,7 +78,7 @@ def inception(path: Path | None, dims: int = 2048) -> torch.nn.Module:
     if dims not in FEATURE_DIMS:
         raise ValueError(f"Inception feature size {dims} is not one of {FEATURE_DIMS}")
     if path is None:
-        return _random_inception(dims)
+        return _inception(None, (), dims)
     stat = path.stat()
     return _inception(str(path), (stat.st_mtime_ns, stat.st_size), dims)
 
