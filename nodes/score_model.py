@@ -96,7 +96,7 @@ class LoRALabFIDKID:
                 raise ValueError(f"{node}: input '{name}': got {len(images)} image(s); FID and KID need at "
                                  "least 2 per set (and FID is only comparable at equal N)")
         try:
-            random = inception_weights.strip() == weights.RANDOM_TRUNK
+            random = inception_weights.strip() == weights.RANDOM_WEIGHTS
             extractor = fid.inception(None if random else weights.find_weight_file(inception_weights, INCEPTION),
                                       int(feature_dim))
         except weights.WeightsError as e:
@@ -264,7 +264,7 @@ class LoRALabLPIPS:
             raise input_error(node, "reference", e) from None
         check_image_scores(node, image_scores, len(images))
         try:
-            trunk = (None if trunk_weights.strip() == weights.RANDOM_TRUNK
+            trunk = (None if trunk_weights.strip() == weights.RANDOM_WEIGHTS
                      else weights.find_weight_file(trunk_weights, LPIPS_TRUNKS[net]))
             model = lpips.load_lpips(net, trunk)
         except weights.WeightsError as e:

@@ -45,8 +45,8 @@ LPIPS_TRUNKS = {
 CLIP_DEFAULT = "clip-vit-large-patch14"  # torchmetrics CLIPScore's default model
 # A tiny random CLIP we ship so CLIP-scoring workflows run anywhere; its scores mean nothing.
 EMBEDDED_CLIP = "embedded: tiny-clip"
-# LPIPS with a randomly initialised trunk (the LPIPS paper's "rand" baseline): no file needed.
-RANDOM_TRUNK = "random"
+# "random" for LPIPS trunks (the LPIPS paper's "rand" baseline) and FID's Inception: seeded, no file.
+RANDOM_WEIGHTS = "random"
 CLIP_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                      "pytorch_model.bin.index.json")
 
