@@ -1,9 +1,9 @@
 """Pixel metrics against reference implementations: torchmetrics, skimage, imagehash, scipy, and a
 numpy transcription of OpenCV's compareHist formulas."""
 
-import importlib.util
 import json
 
+import cv2  # opencv-python-headless, a test dependency: the compareHist reference
 import imagehash
 import numpy as np
 import pytest
@@ -115,13 +115,10 @@ def test_histogram_similarity_equals_compare_hist_formulas_on_numpy_histograms(b
             h1, h2 = (np.histogram(t[i, ..., c].numpy(), bins=bins, range=(0, 1))[0] / (48 * 40)
                       for t in (images, reference))
             per_channel.append(opencv_compare_hist(h1, h2))
-            if importlib.util.find_spec("cv2"):
-                import cv2
-
-                a, b = h1.astype(np.float32), h2.astype(np.float32)
-                got = [cv2.compareHist(a, b, m) for m in
-                       (cv2.HISTCMP_CORREL, cv2.HISTCMP_INTERSECT, cv2.HISTCMP_BHATTACHARYYA)]
-                np.testing.assert_allclose(got, per_channel[-1][:2] + (1 - per_channel[-1][2],), atol=1e-5)
+            a, b = h1.astype(np.float32), h2.astype(np.float32)
+            got = [cv2.compareHist(a, b, m) for m in
+                   (cv2.HISTCMP_CORREL, cv2.HISTCMP_INTERSECT, cv2.HISTCMP_BHATTACHARYYA)]
+            np.testing.assert_allclose(got, per_channel[-1][:2] + (1 - per_channel[-1][2],), atol=1e-5)
         expected = np.mean(per_channel, axis=0)
         got = [ours[c][i].item() for c in ("hist_correl", "hist_intersect", "hist_bhattacharyya_sim")]
         np.testing.assert_allclose(got, expected, atol=1e-12)
