@@ -130,3 +130,17 @@ def test_concept_binds_rare_tokens_to_one_patterned_badge():
 def test_bad_arguments_say_what_is_valid(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_scenes(3, 0, **{"categories": CATEGORIES, "variant": "base", **kwargs})
+
+
+def test_world_nodes_give_a_dataset_and_categorised_prompts():
+    from loralab.nodes.world import LoRALabWorldDataset, LoRALabWorldPrompts
+
+    dataset, images = LoRALabWorldDataset().build("striped", 4, 1, 64, standard=True, challenging=False,
+                                                  closeup=True)
+    assert images.shape == (4, 64, 64, 3) and all(c.endswith("in striped style") for c in dataset.captions)
+    prompts, text = LoRALabWorldPrompts().build(4, 0, "heldout", "base", standard=False, challenging=True,
+                                                closeup=False)
+    assert {p.category for p in prompts} == {"challenging"}
+    assert text.splitlines()[0] == f"challenging: {prompts[0].text}"
+    with pytest.raises(ValueError, match="World Prompts: inputs standard, challenging, closeup are all off"):
+        LoRALabWorldPrompts().build(4, 0, "heldout", "base", standard=False, challenging=False, closeup=False)
