@@ -231,7 +231,8 @@ def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int):
     try:
         for name, wanted, rank, alpha in components:
             model = getattr(pipe, name)
-            saved[name] = (model.training, {n: p.requires_grad for n, p in model.named_parameters()})
+            saved[name] = (model.training, {n: p.requires_grad for n, p in model.named_parameters()},
+                           model.__dict__.get("peft_config"))
             model.requires_grad_(False)
             model.train()
             targets = []
@@ -247,22 +248,29 @@ def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int):
             models[name] = (model, targets)
         yield models
     finally:
-        for name, (training, flags) in saved.items():
+        for name, (training, flags, peft_config) in saved.items():
             model = getattr(pipe, name)
-            _unwrap(model)
+            _unwrap(model, peft_config)
             for n, p in model.named_parameters():
                 p.requires_grad_(flags.get(n, True))
             model.train(training)
 
 
-def _unwrap(model) -> None:
-    """Put every LoRA-wrapped layer's original module back in its place."""
+def _unwrap(model, peft_config: dict | None = None) -> None:
+    """Put every LoRA-wrapped layer's original module back in its place, and the model's
+    ``peft_config`` as it was: peft leaves its config on the model, and the next injection would
+    take it for a second adapter ("Already found a `peft_config` attribute")."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, BaseTunerLayer):
                 setattr(parent, child_name, child.get_base_layer())
+    if peft_config is None:
+        model.__dict__.pop("peft_config", None)
+    else:
+        peft_config.pop(ADAPTER, None)
+        model.peft_config = peft_config
 
 
 class _Batches:

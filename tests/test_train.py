@@ -445,3 +445,17 @@ def safetensors_keys(path):
 
     with safe_open(str(path), "pt") as f:
         return list(f.keys())
+
+
+def test_training_twice_in_one_process_leaves_no_peft_config_behind(tiny, data):
+    """peft keeps its config on the model it wraps; a second training then warned of "multiple adapters"."""
+    import warnings
+
+    spec = TrainSpec(steps=1, batch_size=2, seed=1)
+    dora = LoRAConfigSpec(rank=2, alpha=2.0, text_encoder_rank=2, variant="dora")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            train_lora(tiny.pipe, data, NoiseStrategy(), dora, spec)
+    assert not [w for w in caught if "peft_config" in str(w.message)], [str(w.message) for w in caught]
+    assert not hasattr(tiny.pipe.unet, "peft_config") and not hasattr(tiny.pipe.text_encoder, "peft_config")
