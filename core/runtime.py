@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,11 +21,9 @@ def in_comfyui() -> bool:
     return "folder_paths" in sys.modules
 
 
-def configure(output_dir: str | os.PathLike, temp_dir: str | os.PathLike | None = None) -> None:
-    """Set the headless output folder (and the preview folder, default ``<output>/temp``)."""
-    out = Path(output_dir).resolve()
-    _dirs["output"] = out
-    _dirs["temp"] = Path(temp_dir).resolve() if temp_dir else out / "temp"
+def configure(output_dir: str | os.PathLike) -> None:
+    """Set the headless output folder (previews go to ``<output>/temp``)."""
+    _dirs["output"] = Path(output_dir).resolve()
 
 
 def output_directory() -> Path:
@@ -36,9 +33,28 @@ def output_directory() -> Path:
 
 
 def temp_directory() -> Path:
+    root, under = write_root("temp")
+    return root.joinpath(*under)
+
+
+# Where each kind of file lands below the output folder, headless.
+_HEADLESS_FOLDERS = {"output": (), "temp": ("temp",), "loras": ("loras",), "checkpoints": ("loralab_checkpoints",)}
+
+
+def write_root(kind: str) -> tuple[Path, tuple[str, ...]]:
+    """Where files of a kind go, as (a folder the user configured, fixed folders below it). Writes
+    are confined to the first and may not pass through a symbolic link among the second
+    (core.files.safe_prefix_path). ``kind``: output, temp (previews), loras, checkpoints.
+    Inside ComfyUI previews go to its temp folder and LoRAs to its first ``loras`` folder, where its
+    LoRA loaders list them; headless everything stays inside the output folder."""
     if in_comfyui():
-        return Path(sys.modules["folder_paths"].get_temp_directory())
-    return _dirs.get("temp") or Path(tempfile.gettempdir()) / "loralab"
+        folder_paths = sys.modules["folder_paths"]
+        if kind == "temp":
+            return Path(folder_paths.get_temp_directory()), ()
+        if kind == "loras":
+            return Path(folder_paths.get_folder_paths("loras")[0]), ()
+        return Path(folder_paths.get_output_directory()), _HEADLESS_FOLDERS[kind]
+    return output_directory(), _HEADLESS_FOLDERS[kind]
 
 
 def check_interrupted() -> None:

@@ -109,16 +109,13 @@ def to_json(table: ScoreTable) -> str:
 
 
 def save_scores(table: ScoreTable, root, filename_prefix: str, formats=("csv", "json")) -> list:
-    """Write ``<prefix>_<NNNNN>_.csv`` / ``.json`` atomically inside ``root`` (the number follows the
-    highest one of either extension, so a CSV and its JSON share it). Returns the paths."""
-    import re
-
-    from .files import atomic_write_text
-    from .images import safe_prefix_path
+    """Write ``<prefix>_<NNNNN>_.csv`` / ``.json`` atomically inside ``root``. A CSV and its JSON share
+    one number, and a lone CSV or JSON takes one that neither has. Returns the paths."""
+    from .files import atomic_write_text, safe_prefix_path, write_numbered
 
     folder, stem = safe_prefix_path(root, filename_prefix)
-    pattern = re.compile(re.escape(stem) + r"_(\d{5,})_\.(csv|json)$")
-    existing = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else []) if (m := pattern.match(p.name))]
-    number = max(existing, default=0) + 1
     writers = {"csv": to_csv, "json": to_json}
-    return [atomic_write_text(folder / f"{stem}_{number:05}_.{ext}", writers[ext](table)) for ext in formats]
+    texts = {ext: writers[ext](table) for ext in formats}
+    _, paths = write_numbered(folder, stem, {ext: lambda path, text=text: atomic_write_text(path, text)
+                                             for ext, text in texts.items()}, count_also=tuple(writers))
+    return paths

@@ -10,6 +10,7 @@ class LoRALabSaveImage:
     OUTPUT_NODE = True
     folder_type = "output"
     compress_level = 4
+    refused = "input 'filename_prefix'"  # what an error names when a write is refused
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -23,19 +24,22 @@ class LoRALabSaveImage:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
-    def _root(self):
-        from ..core import runtime
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        from ..core.files import validate_name
 
-        return runtime.output_directory()
+        return validate_name(filename_prefix)
 
     def save(self, images, filename_prefix="loralab", prompt=None, extra_pnginfo=None):
-        from ..core.images import UnsafePathError, save_images
+        from ..core import runtime
+        from ..core.files import UnsafePathError
+        from ..core.images import save_images
 
+        root, under = runtime.write_root(self.folder_type)
         try:
-            entries = save_images(images, self._root(), filename_prefix, prompt, extra_pnginfo,
-                                  self.compress_level)
+            entries = save_images(images, root, filename_prefix, prompt, extra_pnginfo, self.compress_level, under)
         except UnsafePathError as e:
-            raise ValueError(f"{type(self).__name__}: input 'filename_prefix': {e}") from None
+            raise ValueError(f"{type(self).__name__}: {self.refused}: {e}") from None
         return {"ui": {"images": [{**e, "type": self.folder_type} for e in entries]}}
 
 
@@ -43,6 +47,7 @@ class LoRALabPreviewImage(LoRALabSaveImage):
     DESCRIPTION = "Show images in the editor (saved to ComfyUI's temp folder; headless, <output>/temp)."
     folder_type = "temp"
     compress_level = 1
+    refused = "the preview folder"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -50,11 +55,6 @@ class LoRALabPreviewImage(LoRALabSaveImage):
             "required": {"images": ("IMAGE", {"tooltip": "Images to preview."})},
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
-
-    def _root(self):
-        from ..core import runtime
-
-        return runtime.temp_directory()
 
     def save(self, images, prompt=None, extra_pnginfo=None):
         return super().save(images, "preview/loralab", prompt, extra_pnginfo)

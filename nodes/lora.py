@@ -101,18 +101,27 @@ class LoRALabTrainLoRA:
                                        "schedule and prediction type. UNet LoRA only."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, run_name=None):
+        from ..core.files import validate_name
+
+        return validate_name(run_name)
+
     def train(self, pipeline, noise, lora_config, train_config, run_name, dataset=None, images=None,
               captions="a photo in sks style", distill=None):
         from ..core import runtime
-        from ..core.images import UnsafePathError, safe_prefix_path
+        from ..core.files import UnsafePathError, clean_stale_temp, confined_folder, relative_parts
         from ..core.lora_files import merged_copy
         from ..core.scores import ScoreTable
         from ..core.train import train_from_images
 
+        root, under = runtime.write_root("checkpoints")
         try:
-            folder, stem = safe_prefix_path(runtime.output_directory() / "loralab_checkpoints", run_name)
+            checkpoints = confined_folder(root, [*under, *relative_parts(run_name)])
         except UnsafePathError as e:
             raise ValueError(f"LoRA Lab: Train LoRA: input 'run_name': {e}") from None
+        # What core.train's checkpoint writer leaves behind when the process is killed mid-write.
+        clean_stale_temp(checkpoints, (".checkpoint.", ".latest."))
         if distill is not None:
             import dataclasses
 
@@ -128,7 +137,7 @@ class LoRALabTrainLoRA:
             lines = [c.strip() for c in captions.splitlines() if c.strip()]
         else:
             raise ValueError("LoRA Lab: Train LoRA: connect a dataset, or images (with captions)")
-        lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, folder / stem, run_name,
+        lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, checkpoints, run_name,
                                  weights)
         pipe, _ = merged_copy(pipeline.pipe, lora.tensors, 1.0, 1.0)
         applied = type(pipeline)(pipe, f"{pipeline.name} + {run_name}", pipeline.family, pipeline.vae_mode,
@@ -180,7 +189,8 @@ class LoRALabApplyLoRA:
 class LoRALabSaveLoRA:
     DESCRIPTION = ("Save a LoRA as .safetensors with kohya keys and ss_* metadata, which ComfyUI, A1111, "
                    "kohya and diffusers all load (or in diffusers/peft layout on request). Inside ComfyUI it "
-                   "goes to models/loras; headless to the output folder.")
+                   "goes to ComfyUI's loras folder (models/loras), headless to <output>/loras; a leading "
+                   "'loras/' in the prefix is dropped, so both give the same file name.")
     CATEGORY = "LoRA Lab/lora"
     RETURN_TYPES = ("LL_SCORES",)
     RETURN_NAMES = ("cost",)
@@ -194,7 +204,8 @@ class LoRALabSaveLoRA:
         return {"required": {
             "lora": ("LL_LORA", {"tooltip": "The LoRA to save."}),
             "filename_prefix": ("STRING", {"default": "loralab/lora", "tooltip":
-                                "File name prefix inside the loras (ComfyUI) or output (headless) folder."}),
+                                "File name prefix inside ComfyUI's loras folder (models/loras), headless "
+                                "<output>/loras; a leading 'loras/' is dropped ('loras/x' and 'x' are the same)."}),
         }, "optional": {
             "layout": (["kohya", "diffusers"], {"default": "kohya", "tooltip":
                        "kohya: lora_unet_/lora_te_ keys with alpha (ComfyUI, A1111, kohya, diffusers load it). "
@@ -202,24 +213,27 @@ class LoRALabSaveLoRA:
                        "metadata, as diffusers' save_lora_weights writes them."}),
         }}
 
-    def save(self, lora, filename_prefix, layout="kohya"):
-        import sys
-        from pathlib import Path
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        from ..core.files import validate_name
 
+        return validate_name(filename_prefix)
+
+    def save(self, lora, filename_prefix, layout="kohya"):
         from ..core import runtime
-        from ..core.images import UnsafePathError, safe_prefix_path
+        from ..core.files import UnsafePathError, relative_parts, safe_prefix_path, write_numbered
         from ..core.lora_files import save_lora_file, to_diffusers
 
-        if runtime.in_comfyui():
-            root = Path(sys.modules["folder_paths"].get_folder_paths("loras")[0])
-        else:
-            root = runtime.output_directory()
+        root, under = runtime.write_root("loras")
         try:
-            folder, stem = safe_prefix_path(root, filename_prefix)
+            parts = relative_parts(filename_prefix)
+            if parts[0] == "loras" and len(parts) > 1:
+                # ComfyUI's own Save LoRA writes to output/loras/, so prefixes often start with 'loras/';
+                # this root is a loras folder already.
+                parts = parts[1:]
+            folder, stem = safe_prefix_path(root, "/".join(parts), under)
         except UnsafePathError as e:
             raise ValueError(f"LoRA Lab: Save LoRA: input 'filename_prefix': {e}") from None
-        number = 1 + max((int(p.stem.rsplit("_", 2)[-2]) for p in folder.glob(f"{stem}_*_.safetensors")
-                          if p.stem.rsplit("_", 2)[-2].isdigit()), default=0)
         tensors, metadata = lora.tensors, lora.metadata
         if layout == "diffusers":
             try:
@@ -229,7 +243,7 @@ class LoRALabSaveLoRA:
             metadata = {**metadata, **peft_metadata}
         elif layout != "kohya":
             raise ValueError(f"LoRA Lab: Save LoRA: input 'layout' = {layout!r} is not one of kohya, diffusers")
-        path = save_lora_file(tensors, metadata, folder / f"{stem}_{number:05}_.safetensors")
+        _, (path,) = write_numbered(folder, stem, {"safetensors": lambda p: save_lora_file(tensors, metadata, p)})
         lora.file_size_bytes = path.stat().st_size
         from ..core.scores import ScoreTable
 

@@ -202,9 +202,15 @@ class LoRALabSaveScores:
                        "rows}, non-finite numbers as NaN/Infinity like results.jsonl."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix=None):
+        from ..core.files import validate_name
+
+        return validate_name(filename_prefix)
+
     def save(self, scores, filename_prefix, format):
         from ..core import runtime
-        from ..core.images import UnsafePathError
+        from ..core.files import UnsafePathError
         from ..core.score_report import save_scores
 
         if format not in SAVE_FORMATS:
