@@ -85,6 +85,7 @@ class TrainResult:
     trainable_parameters: int
     step: int
     metadata: dict = field(default_factory=dict)
+    validation_images: list = field(default_factory=list)  # (step, what ``validation(step)`` returned)
 
     @property
     def unet_state(self) -> dict[str, torch.Tensor]:
@@ -333,7 +334,7 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
 
 
 def _save_checkpoint(folder: Path, step: int, models: dict, optimizer, schedule, batches, noise_gen, losses, lrs,
-                     signature: str) -> None:
+                     signature: str, validations: list, device: torch.device) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -343,9 +344,13 @@ def _save_checkpoint(folder: Path, step: int, models: dict, optimizer, schedule,
                    for k, v in lora_state(model).items()}
         save_file(weights, tmp / "adapter.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "batches": batches.state(), "noise_generator": noise_gen.get_state(),
+                    "batches": batches.state(), "noise_generator": noise_gen.get_state(), "rng": _rng_state(device),
                     "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
-                    "lrs": torch.tensor(lrs, dtype=torch.float64), "signature": signature}, tmp / "state.pt")
+                    "lrs": torch.tensor(lrs, dtype=torch.float64), "signature": signature,
+                    # the images so far, so that a resumed run returns all of them
+                    "validation": {"steps": torch.tensor([s for s, _ in validations], dtype=torch.long),
+                                   "images": [image.detach().cpu() for _, image in validations]}},
+                   tmp / "state.pt")
         target = folder / f"checkpoint-{step:07d}"
         if target.exists():
             shutil.rmtree(target)
@@ -354,6 +359,30 @@ def _save_checkpoint(folder: Path, step: int, models: dict, optimizer, schedule,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _derived_seed(seed: int, k: int) -> int:
+    """The k-th stream's seed: seed + k, wrapped into torch's 64-bit range (the node allows up to 2⁶⁴ − 1)."""
+    return (seed + k) % 2**64
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def _rng_state(device: torch.device) -> dict:
+    """torch's global generators, which peft's LoRA dropout draws from (CPU, and the GPU's when
+    training there), so that a resume continues the same dropout masks."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _write_latest(folder: Path, name: str) -> None:
@@ -381,8 +410,10 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
             raise ValueError("LCM distillation trains a UNet LoRA only: set train_unet on and text_encoder_rank 0")
         if data.uncond is None and getattr(pipe, "text_encoder_2", None) is None:
             raise ValueError("LCM distillation needs the empty prompt's embedding (TrainingData.uncond)")
-    with torch.inference_mode(False), torch.enable_grad(), _adapters(pipe, lcfg, spec.seed) as models, \
-            fp32_math(spec.fp32_math, pipe.unet.device):
+    # The global generators are seeded for LoRA init and dropout inside a fork: the caller's are left as they were.
+    device = pipe.unet.device
+    with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode(False), torch.enable_grad(), \
+            _adapters(pipe, lcfg, spec.seed) as models, fp32_math(spec.fp32_math, device):
         checkpointing = pipe.unet.is_gradient_checkpointing
         try:
             return _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, validation)
@@ -438,7 +469,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     schedule = _lr_schedule(optimizer, spec)
     buckets = None if isinstance(data.latents, torch.Tensor) else [tuple(x.shape) for x in data.latents]
     batches = _Batches(len(data.latents), spec.batch_size, spec.seed, buckets)
-    noise_gen = torch.Generator().manual_seed(spec.seed + 1)
+    noise_gen = torch.Generator().manual_seed(_derived_seed(spec.seed, 1))
     alpha_bar = alphas_cumprod(noise.betas())
     snr_t = snr(alpha_bar)
     latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
@@ -446,7 +477,8 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     uncond = data.uncond.to(device) if data.uncond is not None else None
     tokens = data.tokens.clone().to(device) if text_encoder is not None else None
     tokens_2 = data.tokens_2.clone().to(device) if text_encoder_2 is not None else None
-    step, losses, lrs = 0, [], []
+    step, losses, lrs, validations = 0, [], [], []
+    torch.manual_seed(_derived_seed(spec.seed, 2))  # LoRA dropout's masks (peft's nn.Dropout uses the global generators)
     signature = run_signature(data, noise, lcfg, spec)
     resume = latest_checkpoint(checkpoint_dir)
     if resume is not None:
@@ -463,7 +495,11 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
         schedule.load_state_dict(state["schedule"])
         batches.load(state["batches"])
         noise_gen.set_state(state["noise_generator"])
+        if "rng" in state:
+            _set_rng_state(state["rng"], device)
         step, losses, lrs = state["step"], state["losses"].tolist(), state["lrs"].tolist()
+        saved = state.get("validation", {"steps": torch.zeros(0), "images": []})
+        validations = list(zip(saved["steps"].tolist(), saved["images"]))
     start = time.perf_counter()
     with measure(device) as cost:
         while step < spec.steps:
@@ -504,21 +540,22 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
             schedule.step()
             losses.append(total)
             step += 1
+            if validation is not None and spec.validation_every and step % spec.validation_every == 0:
+                unet.eval()  # the adapters are live in the pipeline's own UNet: sample with them
+                with torch.random.fork_rng(devices=_rng_devices(device)):  # dropout's stream goes on untouched
+                    validations.append((step, validation(step)))
+                unet.train()
             if checkpoint_dir is not None and (step == spec.steps or
                                                (spec.checkpoint_every and step % spec.checkpoint_every == 0)):
                 _save_checkpoint(checkpoint_dir, step, models, optimizer, schedule, batches, noise_gen, losses, lrs,
-                                 signature)
-            if validation is not None and spec.validation_every and step % spec.validation_every == 0:
-                unet.eval()  # the adapters are live in the pipeline's own UNet: sample with them
-                validation(step)
-                unet.train()
+                                 signature, validations, device)
             if progress is not None:
                 progress(step, total)
     states = {name: lora_state(model) for name, (model, model_targets) in models.items() if model_targets}
     targets = [t for _, model_targets in models.values() for t in model_targets]
     return TrainResult(states, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
                        sum(p.numel() for p in params), step,
-                       {"noise": asdict(noise), "train": asdict(spec), "lora": asdict(lcfg)})
+                       {"noise": asdict(noise), "train": asdict(spec), "lora": asdict(lcfg)}, validations)
 
 
 def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: NoiseStrategy, lcfg: LoRAConfigSpec,
@@ -538,9 +575,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
         data = encode_dataset(lp.pipe, [image.clone() for image in images], captions, weights)
         if spec.distill is not None and lp.family == "sd1":  # SDXL's unconditional input is zeros
             data.uncond = empty_prompt_embedding(lp.pipe)
-    validation_images = []
-
-    def validate(step: int) -> None:
+    def validate(step: int) -> torch.Tensor:
         from .generate import GenerateSettings, generate
         from .prompts import Prompt
         from .samplers import SamplerSpec
@@ -549,7 +584,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
         prompt = spec.validation_prompt or captions[0]
         out, _ = generate(lp, SamplerSpec("euler"), [Prompt(prompt)],
                           GenerateSettings(steps=20, cfg=7.5, seed=spec.seed, width=width, height=height))
-        validation_images.append((step, out))
+        return out
 
     with progress(spec.steps, "train") as bar:
         result = train_lora(lp.pipe, data, noise, lcfg, spec, checkpoint_dir,
@@ -565,6 +600,6 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
                 "text_encoder_2": "lora_te2"}
     tensors = {key: value for name, state in result.states.items()
                for key, value in to_kohya(state, unet_alpha if name == "unet" else te_alpha, prefixes[name]).items()}
-    return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta, validation_images,
+    return LabLoRA(tensors, lcfg.rank, lcfg.alpha, lp.family, name, meta, result.validation_images,
                    result.losses, result.lrs, result.seconds, result.peak_memory_mb, result.trainable_parameters,
                    base_model=lp.name)

@@ -50,22 +50,36 @@ def test_training_is_bit_identical_for_a_seed_and_leaves_the_pipeline_alone(tiny
 
 
 def test_resume_equals_training_straight_through(tiny, data, tmp_path):
+    """2N steps straight = N steps, a kill, N more from the checkpoint: bit for bit, with LoRA dropout
+    (drawn from torch's global generator) and the validation images of both halves."""
     noise = NoiseStrategy(timestep_sampling="logit_normal", loss_weighting="min_snr", noise_offset=0.05)
-    spec = TrainSpec(steps=8, batch_size=3, lr=1e-3, lr_schedule="cosine", warmup_steps=2, seed=11)
-    straight = train_lora(tiny.pipe, data, noise, LORA, spec)
+    lora = LoRAConfigSpec(rank=4, alpha=4.0, targets="all_linear+conv", dropout=0.1)
+    spec = TrainSpec(steps=8, batch_size=3, lr=1e-3, lr_schedule="cosine", warmup_steps=2, seed=11,
+                     validation_every=3)
+    x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def validate(step):  # draws from the global generator as a sampler may: training must not notice
+        torch.rand(7)
+        return tiny.pipe.unet(x, 500, encoder_hidden_states=data.embeddings[:1]).sample
+
+    straight = train_lora(tiny.pipe, data, noise, lora, spec, validation=validate)
+    assert [s for s, _ in straight.validation_images] == [3, 6]
     half = TrainSpec(**{**spec.__dict__, "checkpoint_every": 4})
     with pytest.raises(KeyboardInterrupt):
         def stop_after_4(step, loss):
             if step == 4:
                 raise KeyboardInterrupt
-        train_lora(tiny.pipe, data, noise, LORA, half, checkpoint_dir=tmp_path, progress=stop_after_4)
+        train_lora(tiny.pipe, data, noise, lora, half, checkpoint_dir=tmp_path, progress=stop_after_4,
+                   validation=validate)
     assert (tmp_path / "checkpoint-0000004" / "adapter.safetensors").is_file()
     steps_run = []
-    resumed = train_lora(tiny.pipe, data, noise, LORA, half, checkpoint_dir=tmp_path,
-                         progress=lambda step, loss: steps_run.append(step))
+    resumed = train_lora(tiny.pipe, data, noise, lora, half, checkpoint_dir=tmp_path,
+                         progress=lambda step, loss: steps_run.append(step), validation=validate)
     assert steps_run == [5, 6, 7, 8], "the resume starts from the step-4 checkpoint"
     assert resumed.step == 8 and resumed.losses == straight.losses and resumed.lrs == straight.lrs
     assert all(torch.equal(resumed.unet_state[k], straight.unet_state[k]) for k in straight.unet_state)
+    assert [s for s, _ in resumed.validation_images] == [3, 6]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(resumed.validation_images, straight.validation_images))
 
 
 def test_gradient_clipping_really_clips(tiny, data, monkeypatch):
@@ -459,3 +473,9 @@ def test_training_twice_in_one_process_leaves_no_peft_config_behind(tiny, data):
             train_lora(tiny.pipe, data, NoiseStrategy(), dora, spec)
     assert not [w for w in caught if "peft_config" in str(w.message)], [str(w.message) for w in caught]
     assert not hasattr(tiny.pipe.unet, "peft_config") and not hasattr(tiny.pipe.text_encoder, "peft_config")
+
+
+def test_the_largest_seed_the_node_allows_trains(tiny, data):
+    """Noise and dropout generators are seeded with seed + k, which must wrap, not overflow."""
+    result = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=1, seed=0xFFFFFFFFFFFFFFFF))
+    assert result.step == 1
