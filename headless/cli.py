@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import NodeExecutionError, WorkflowError
+from .errors import NodeExecutionError, WorkflowError, printable
 
 
 def _registry():
@@ -131,9 +131,9 @@ def cmd_run(args) -> int:
 
     registry, _ = _registry()
     prompt, ui = load_any(args.workflow)
-    prompt = apply_overrides(prompt, args.overrides)
+    prompt = apply_overrides(prompt, args.overrides, registry)
+    _, outputs, order = validate(prompt, registry)  # before any heavy import: a bad file fails fast
     if args.check:
-        _, outputs, order = validate(prompt, registry)
         print(json.dumps({"valid": True, "nodes": order, "outputs": outputs}) if args.json else
               f"valid: {len(order)} nodes to run for {len(outputs)} output(s)")
         return 0
@@ -148,9 +148,10 @@ def cmd_run(args) -> int:
         print(json.dumps(summary, indent=2))
     else:
         total = sum(n.seconds for n in result.nodes)
-        print(f"Ran {len(result.nodes)} nodes in {total:.2f} s; wrote {len(images)} image(s) under {output_dir}")
+        print(printable(f"Ran {len(result.nodes)} nodes in {total:.2f} s; wrote {len(images)} image(s) "
+                        f"under {output_dir}"))
         for n in sorted(result.nodes, key=lambda n: -n.seconds)[:5]:
-            print(f"  {n.seconds:8.3f} s  node {n.node_id} ({n.class_type})")
+            print(printable(f"  {n.seconds:8.3f} s  node {n.node_id} ({n.class_type})"))
     return 0
 
 
@@ -187,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_sweep(args)
         return commands[args.command](args)
     except WorkflowError as e:
-        print(json.dumps(e.to_json(), indent=2) if args.json else f"error: {e}", file=sys.stderr)
+        print(json.dumps(e.to_json(), indent=2) if args.json else printable(f"error: {e}"), file=sys.stderr)
         return e.exit_code
     except NodeExecutionError as e:
         if args.traceback:
             import traceback
 
-            traceback.print_exception(e.exc, file=sys.stderr)
-        print(json.dumps({"execution_error": e.to_json()}, indent=2) if args.json else f"error: {e}",
+            print(printable("".join(traceback.format_exception(e.exc))), end="", file=sys.stderr)
+        print(json.dumps({"execution_error": e.to_json()}, indent=2) if args.json else printable(f"error: {e}"),
               file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -3,17 +3,18 @@
 ComfyUI's backend has no such converter: the frontend's ``graphToPrompt()`` does it. This follows
 its rules from our node declarations (checked against frontend 1.35 in tests/test_convert.py):
 ``widgets_values`` are positional over the widget inputs in declaration order (required, then
-optional), with one extra control value after an INT that has ``control_after_generate``; a
+optional), with the editor's "control after generate" values after some (``ui.control_values``); a
 linked widget takes its link; ``Reroute`` nodes are followed, ``PrimitiveNode`` values are copied
 into their targets, notes are dropped; muted nodes (mode 2) vanish, bypassed nodes (mode 4) pass
 each consumer the bypassed node's input of the same type; list constants become
-``{"__value__": [...]}``.
+``{"__value__": [...]}``. Chains of reroutes and bypassed nodes are followed in a loop, not by
+recursion, so no chain length can crash the converter.
 """
 
 from __future__ import annotations
 
 from .errors import invalid_prompt
-from .ui import declared_inputs, is_widget
+from .ui import control_values, declared_inputs, is_widget
 
 VIRTUAL = {"Reroute", "PrimitiveNode", "Note", "MarkdownNote"}
 MUTED, BYPASSED = 2, 4
@@ -24,8 +25,10 @@ def is_ui_workflow(data) -> bool:
 
 
 def _links(ui: dict) -> dict[int, tuple]:
+    if not isinstance(ui["links"] or [], list):
+        raise invalid_prompt("UI workflow 'links' must be a list", repr(ui["links"])[:200])
     links = {}
-    for link in ui.get("links") or []:
+    for link in ui["links"] or []:
         if isinstance(link, dict):  # v1 files may store links as objects
             link = [link.get(k) for k in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")]
         if not isinstance(link, list) or len(link) < 5 or not all(_scalar(x) for x in link[:5]):
@@ -43,11 +46,13 @@ def _check_node(node: dict) -> None:
     problem = None
     inputs = node.get("inputs")
     if inputs is not None and not (isinstance(inputs, list) and all(
-            isinstance(i, dict) and isinstance(i.get("name", ""), str) and _scalar(i.get("link"))
+            isinstance(i, dict) and isinstance(i.get("name"), str) and _scalar(i.get("link"))
             and _scalar(i.get("type")) for i in inputs)):
         problem = "inputs must be a list of {name, type, link} objects"
     elif not isinstance(node.get("widgets_values"), (list, dict, type(None))):
         problem = "widgets_values must be a list or an object"
+    elif node["type"] == "PrimitiveNode" and not isinstance(node.get("widgets_values"), (list, type(None))):
+        problem = "a PrimitiveNode's widgets_values must be a list"
     elif not _scalar(node.get("mode")) or not isinstance(node.get("title", ""), (str, type(None))):
         problem = "mode must be a number and title a string"
     if problem:
@@ -56,22 +61,25 @@ def _check_node(node: dict) -> None:
 
 def _widget_values(node: dict, cls) -> dict:
     values = node.get("widgets_values")
-    widgets = [(name, options) for name, kind, options in declared_inputs(cls) if is_widget(kind)]
+    widgets = [(name, kind, options) for name, kind, options in declared_inputs(cls) if is_widget(kind)]
     if isinstance(values, dict):
-        return {name: values[name] for name, _ in widgets if name in values}
+        return {name: values[name] for name, _, _ in widgets if name in values}
     values = list(values or [])
     named, i = {}, 0
-    for name, options in widgets:
+    for name, kind, options in widgets:
         if i >= len(values):
             break
         named[name] = values[i]
-        i += 2 if options.get("control_after_generate") else 1
+        i += 1 + control_values(name, kind, options)
     return named
 
 
 class _Graph:
     def __init__(self, ui: dict, registry: dict, display_names: dict):
-        if ui.get("definitions", {}).get("subgraphs"):
+        definitions = ui.get("definitions", {})
+        if not isinstance(definitions, dict):
+            raise invalid_prompt("UI workflow 'definitions' must be an object", repr(definitions)[:200])
+        if definitions.get("subgraphs"):
             raise invalid_prompt("UI workflows with subgraphs are not supported yet; convert the subgraph "
                                  "back to nodes in the editor, or export the API format")
         self.registry = registry
@@ -85,36 +93,40 @@ class _Graph:
             self.nodes[node["id"]] = node
         self.links = _links(ui)
 
-    def source(self, link_id, want_type=None, seen=None):
-        """Follow a link through reroutes and bypassed nodes to (node id, slot), or None."""
-        seen = seen or set()
-        if link_id is None or link_id not in self.links or link_id in seen:
-            return None
-        seen.add(link_id)
-        origin, slot, _, _, link_type = self.links[link_id]
-        node = self.nodes.get(origin)
-        if node is None:
-            raise invalid_prompt(f"UI workflow link {link_id} comes from node {origin}, which does not exist")
-        want_type = want_type or link_type
-        if not isinstance(slot, int):
-            raise invalid_prompt(f"UI workflow link {link_id} has a non-numeric origin slot {slot!r}")
-        if node.get("mode") == MUTED:
-            return None
-        if node["type"] == "Reroute":
-            inputs = node.get("inputs") or [{}]
-            return self.source(inputs[0].get("link"), want_type, seen)
-        if node["type"] == "PrimitiveNode":
-            return ("value", (node.get("widgets_values") or [None])[0])
-        if node.get("mode") == BYPASSED:
-            inputs = node.get("inputs") or []
-            same_slot = inputs[slot] if slot < len(inputs) else None
-            candidates = ([same_slot] if same_slot and same_slot.get("type") == want_type else []) + [
-                i for i in inputs if i.get("type") == want_type]
-            for candidate in candidates:
-                if candidate.get("link") is not None:
-                    return self.source(candidate["link"], want_type, seen)
-            return None
-        return (str(origin), slot)
+    def source(self, link_id):
+        """Follow a link through reroutes and bypassed nodes to (node id, slot), ("value", v) for
+        a PrimitiveNode, or None where the chain ends or loops."""
+        want_type, seen = None, set()
+        while link_id is not None and link_id in self.links and link_id not in seen:
+            seen.add(link_id)
+            origin, slot, _, _, link_type = self.links[link_id]
+            node = self.nodes.get(origin)
+            if node is None:
+                raise invalid_prompt(f"UI workflow link {link_id} comes from node {origin}, which does not exist")
+            want_type = want_type or link_type
+            if not isinstance(slot, int) or slot < 0:
+                raise invalid_prompt(f"UI workflow link {link_id} has an invalid origin slot {slot!r}")
+            if node.get("mode") == MUTED:
+                return None
+            if node["type"] == "PrimitiveNode":
+                return ("value", (node.get("widgets_values") or [None])[0])
+            if node["type"] == "Reroute":
+                link_id = (node.get("inputs") or [{}])[0].get("link")
+            elif node.get("mode") == BYPASSED:
+                link_id = self._bypassed_link(node, slot, want_type)
+            else:
+                return (str(origin), slot)
+        return None
+
+    @staticmethod
+    def _bypassed_link(node: dict, slot: int, want_type):
+        """The link a bypassed node passes on: its input at the same slot when of the wanted type,
+        else its first input of that type."""
+        inputs = node.get("inputs") or []
+        same_slot = inputs[slot] if slot < len(inputs) else None
+        candidates = ([same_slot] if same_slot and same_slot.get("type") == want_type else []) + [
+            i for i in inputs if i.get("type") == want_type]
+        return next((c["link"] for c in candidates if c.get("link") is not None), None)
 
     def to_api(self) -> dict:
         prompt = {}

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (ESC, BEL, C1 codes...) written as escapes
+    such as ``\\x1b``, so a workflow's names cannot move the cursor or set the clipboard (OSC 52).
+    Line breaks and tabs stay."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+
 
 class WorkflowError(Exception):
     """The workflow cannot run as given (ComfyUI's /prompt 400 body). Exit code 2."""
@@ -21,11 +30,15 @@ class WorkflowError(Exception):
         lines = [self.error["message"] + (f": {self.error['details']}"
                                           if self.error.get("details") and not self.node_errors else "")]
         for node_id, entry in self.node_errors.items():
-            title = self.titles.get(node_id)
-            name = f"node {node_id} ({entry['class_type']}" + (f", '{title}'" if title else "") + ")"
+            name = node_label(node_id, entry["class_type"], self.titles.get(node_id))
             for err in entry["errors"]:
                 lines.append(f"  {name}: {err['message']}: {err['details']}")
         return "\n".join(lines)
+
+
+def node_label(node_id: str, class_type: str, title: str | None) -> str:
+    """How messages name a node: ``node 5 (LoRALabGenerate, 'Generate A')``."""
+    return f"node {node_id} ({class_type}" + (f", '{title}'" if title else "") + ")"
 
 
 def invalid_prompt(message: str, details: str = "") -> WorkflowError:
@@ -40,8 +53,7 @@ class NodeExecutionError(Exception):
 
     def __init__(self, node_id: str, class_type: str, title: str | None, exc: BaseException):
         self.node_id, self.class_type, self.title, self.exc = node_id, class_type, title, exc
-        label = f"node {node_id} ({class_type}" + (f", '{title}'" if title else "") + ")"
-        super().__init__(f"{label} failed: {type(exc).__name__}: {exc}")
+        super().__init__(f"{node_label(node_id, class_type, title)} failed: {type(exc).__name__}: {exc}")
 
     def to_json(self) -> dict:
         import traceback

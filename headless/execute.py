@@ -18,8 +18,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from .errors import NodeExecutionError
-from .graph import Registry
+from .errors import NodeExecutionError, printable
+from .graph import Registry, constant
 
 
 @dataclass
@@ -84,7 +84,7 @@ def merge_results(results: list, output_is_list: tuple[bool, ...]) -> list[list]
 
 
 def _constants(node: dict) -> dict:
-    return {k: v for k, v in node["inputs"].items() if not isinstance(v, list)}
+    return {k: constant(v) for k, v in node["inputs"].items() if not isinstance(v, list)}
 
 
 class Executor:
@@ -141,7 +141,7 @@ class Executor:
         cls = self.registry[prompt[node_id]["class_type"]]
         values = {}
         for name, value in prompt[node_id]["inputs"].items():
-            values[name] = outputs[value[0]][value[1]] if isinstance(value, list) else [value]
+            values[name] = outputs[value[0]][value[1]] if isinstance(value, list) else [constant(value)]
         hidden_values = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_data.get("extra_pnginfo"),
                          "UNIQUE_ID": node_id}
         for name, kind in cls.INPUT_TYPES().get("hidden", {}).items():
@@ -185,7 +185,7 @@ class Executor:
         self.cache.begin_run()
         with tqdm(order, desc="workflow", unit="node", disable=not self.show_progress) as bar:
             for node_id in bar:
-                bar.set_postfix_str(f"{node_id}:{prompt[node_id]['class_type']}")
+                bar.set_postfix_str(printable(f"{node_id}:{prompt[node_id]['class_type']}"))
                 start = time.perf_counter()
                 key = self.cache_key(prompt, node_id, keys)
                 cls = self.registry[prompt[node_id]["class_type"]]

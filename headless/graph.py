@@ -3,16 +3,27 @@
 Validation follows ComfyUI's ``execution.validate_prompt``: the same error types and messages,
 values converted to the declared type, min/max and combo checks, link type checks. Unlike
 ComfyUI, which runs the outputs that did validate, we refuse the whole workflow when any output
-fails: a batch experiment must not silently drop results.
+fails: a batch experiment must not silently drop results. Stricter than ComfyUI too:
+
+- A FLOAT must be finite (NaN passes every min/max comparison); an input that means to accept
+  NaN or infinity declares ``"allow_nonfinite": True`` in its options.
+- A list constant (``{"__value__": [...]}``) stays wrapped after validation, so it is never
+  mistaken for a link when the workflow runs; an input whose type only a node produces (IMAGE,
+  LL_PIPELINE...) takes no constant at all.
+- ``--set`` names an input the node declares (a workflow file may carry extra inputs, which are
+  ignored, as in ComfyUI).
+
+Graphs are walked with explicit stacks, never recursion, so their depth is unbounded.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import math
 from pathlib import Path
 
-from .errors import WorkflowError, invalid_prompt
+from .errors import WorkflowError, invalid_prompt, node_label
 
 Registry = dict[str, type]
 PRIMITIVES = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
@@ -24,8 +35,20 @@ def read_json(path: str | Path):
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise invalid_prompt(f"Cannot read workflow file {str(path)!r}", e.strerror or str(e)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # also integers past Python's 4300-digit limit
         raise invalid_prompt(f"Workflow file {str(path)!r} is not valid JSON", str(e)) from None
+
+
+def _copy(prompt):
+    """A deep copy of a JSON workflow (an explicit error for values JSON cannot hold)."""
+    try:
+        return json.loads(json.dumps(prompt))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise invalid_prompt("The workflow holds a value that is not plain JSON", str(e)[:300]) from None
+
+
+def _brief(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def parse_override(text: str) -> tuple[str, str, object]:
@@ -33,11 +56,13 @@ def parse_override(text: str) -> tuple[str, str, object]:
     target, sep, raw = text.partition("=")
     node, dot, name = target.rpartition(".")
     if not sep or not dot or not node or not name:
-        raise invalid_prompt(f"--set {text!r} is not of the form NODE_ID.INPUT=VALUE")
+        raise invalid_prompt(f"--set {_brief(text)!r} is not of the form NODE_ID.INPUT=VALUE")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    except (ValueError, RecursionError) as e:  # JSON, but too many digits or too deeply nested
+        raise invalid_prompt(f"--set {_brief(text)!r}: the value of {name!r} cannot be read", str(e)[:300]) from None
     return node, name, value
 
 
@@ -53,41 +78,80 @@ def resolve_node(prompt: dict, node: str, context: str) -> str:
     return titled[0]
 
 
+def _sources(prompt: dict, node_id: str) -> list[str]:
+    """The nodes ``node_id`` links to that exist (any other link is left to validation)."""
+    node = prompt[node_id]
+    inputs = node.get("inputs") if isinstance(node, dict) else None
+    links = inputs.values() if isinstance(inputs, dict) else ()
+    return [str(v[0]) for v in links if isinstance(v, list) and v and isinstance(v[0], (str, int))
+            and not isinstance(v[0], bool) and str(v[0]) in prompt]
+
+
+def _post_order(prompt: dict, roots) -> tuple[list[str], list[str] | None]:
+    """The roots and every node upstream of them, sources first, and the first loop met (node
+    ids around it) or None. A depth-first walk with an explicit stack: chains of any length."""
+    order, state, loop = [], {}, None
+    for root in roots:
+        if root in state:
+            continue
+        state[root] = "open"
+        stack = [(root, iter(_sources(prompt, root)))]
+        while stack:
+            node_id, pending = stack[-1]
+            source = next(pending, None)
+            if source is None:
+                stack.pop()
+                state[node_id] = "done"
+                order.append(node_id)
+            elif state.get(source) == "open":
+                if loop is None:
+                    path = [n for n, _ in stack]
+                    loop = path[path.index(source):] + [source]
+            elif source not in state:
+                state[source] = "open"
+                stack.append((source, iter(_sources(prompt, source))))
+    return order, loop
+
+
 def node_depths(prompt: dict) -> dict[str, int]:
-    """Longest link distance of each node from a source node (0 = no inputs)."""
+    """Longest link distance of each node from a source node (0 = no inputs); a link that closes
+    a loop in a malformed graph counts as a source."""
     depth: dict[str, int] = {}
-
-    def visit(node_id: str) -> int:
-        if node_id not in depth:
-            depth[node_id] = 0  # guards against loops in a malformed graph
-            inputs = prompt[node_id].get("inputs", {}) if isinstance(prompt[node_id], dict) else {}
-            sources = [str(v[0]) for v in inputs.values() if isinstance(v, list) and v]
-            depth[node_id] = 1 + max((visit(s) for s in sources if s in prompt), default=-1)
-        return depth[node_id]
-
-    for node_id in prompt:
-        visit(node_id)
+    for node_id in _post_order(prompt, prompt)[0]:
+        depth[node_id] = 1 + max((depth.get(s, -1) for s in _sources(prompt, node_id)), default=-1)
     return depth
 
 
-def apply_overrides(prompt: dict, overrides: list[str]) -> dict:
+def declared_names(cls) -> list[str]:
+    """The inputs a node class declares (required, then optional)."""
+    spec = cls.INPUT_TYPES()
+    return [*spec.get("required", {}), *spec.get("optional", {})]
+
+
+def apply_overrides(prompt, overrides: list[str], registry: Registry) -> dict:
     """Return a copy of ``prompt`` with each ``NODE.INPUT=VALUE`` set; NODE is a node id or a
-    unique node title."""
-    prompt = json.loads(json.dumps(prompt))
+    unique node title, INPUT one the node's class declares (a typo must not pass silently)."""
+    prompt = _copy(prompt)
+    _check_shape(prompt)
     for text in overrides:
         node, name, value = parse_override(text)
-        node = resolve_node(prompt, node, f"--set {text!r}")
-        if not isinstance(prompt[node], dict):
-            raise invalid_prompt(f"--set {text!r}: node {node!r} is not a node object")
+        context = f"--set {_brief(text)!r}"
+        node = resolve_node(prompt, node, context)
+        cls = registry.get(prompt[node]["class_type"])  # an unknown class is validation's error
+        if cls is not None and name not in declared_names(cls):
+            label = node_label(node, prompt[node]["class_type"], _title(prompt, node))
+            raise invalid_prompt(f"{context}: {label} has no input {name!r}",
+                                 f"its inputs: {', '.join(declared_names(cls))}")
         if isinstance(value, list):
             value = {"__value__": value}  # a bare list would read as a link
-        prompt[node].setdefault("inputs", {})[name] = value
+        prompt[node]["inputs"][name] = value
     return prompt
 
 
 def _title(prompt: dict, node_id: str) -> str | None:
     meta = prompt[node_id].get("_meta")
-    return meta.get("title") if isinstance(meta, dict) else None
+    title = meta.get("title") if isinstance(meta, dict) else None
+    return title if isinstance(title, str) else None
 
 
 def _error(kind: str, message: str, details: str, **extra) -> dict:
@@ -102,13 +166,16 @@ def _types_match(received: str, expected) -> bool:
     return bool(set(str(received).split(",")) & set(str(expected).split(",")))
 
 
-def links_of(node: dict) -> dict[str, list]:
-    return {k: v for k, v in node["inputs"].items() if isinstance(v, list)}
+def constant(value):
+    """The value of a validated constant input (list constants stay wrapped in ``__value__``)."""
+    return value["__value__"] if isinstance(value, dict) and "__value__" in value else value
 
 
-def _check_value(name: str, value, kind, options: dict, info) -> tuple[object, dict | None]:
-    if isinstance(value, dict) and "__value__" in value:
-        value = value["__value__"]
+def _check_value(name: str, value, kind, options: dict, info, ranges: bool) -> tuple[object, dict | None]:
+    """A constant converted to the declared type, or the error. ``ranges``: check min, max and the
+    combo list (not for inputs the node's VALIDATE_INPUTS checks itself, as in ComfyUI)."""
+    value = constant(value)
+    shown = _brief(str(value))
     if isinstance(kind, str) and kind in PRIMITIVES:
         try:
             if kind in ("INT", "FLOAT") and isinstance(value, bool):
@@ -120,20 +187,29 @@ def _check_value(name: str, value, kind, options: dict, info) -> tuple[object, d
             value = PRIMITIVES[kind](value)
         except (TypeError, ValueError, OverflowError) as e:
             return value, _error("invalid_input_type", f"Failed to convert an input value to a {kind} value",
-                                 f"{name}, {value}, {e}", input_name=name, input_config=info,
+                                 f"{name}, {shown}, {_brief(str(e))}", input_name=name, input_config=info,
                                  received_value=value, exception_message=str(e))
-        if "min" in options and value < options["min"]:
+        if kind == "FLOAT" and not math.isfinite(value) and not options.get("allow_nonfinite"):
+            limits = f" from {options.get('min', '-inf')} to {options.get('max', 'inf')}"
+            return value, _error("invalid_input_type", f"Value {value} is not a finite number",
+                                 f"{name}, {value}, expected a number{limits}", input_name=name,
+                                 input_config=info, received_value=value)
+        if ranges and "min" in options and value < options["min"]:
             return value, _error("value_smaller_than_min", f"Value {value} smaller than min of {options['min']}",
                                  name, input_name=name, input_config=info, received_value=value)
-        if "max" in options and value > options["max"]:
+        if ranges and "max" in options and value > options["max"]:
             return value, _error("value_bigger_than_max", f"Value {value} bigger than max of {options['max']}",
                                  name, input_name=name, input_config=info, received_value=value)
     elif isinstance(kind, (list, tuple)):
         hashable = isinstance(value, (str, int, float, bool))
-        if not hashable or value not in kind:
-            shown = str(list(kind)) if len(kind) <= 20 else f"(list of length {len(kind)})"
-            return value, _error("value_not_in_list", "Value not in list", f"{name}: '{value}' not in {shown}",
+        if ranges and (not hashable or value not in kind):
+            choices = str(list(kind)) if len(kind) <= 20 else f"(list of length {len(kind)})"
+            return value, _error("value_not_in_list", "Value not in list", f"{name}: '{shown}' not in {choices}",
                                  input_name=name, input_config=info, received_value=value)
+    elif kind not in ("*", "COMBO"):  # IMAGE, LL_PIPELINE...: values only a node's output can be
+        return value, _error("invalid_input_type", f"Input of type {kind} must be linked to a node's output",
+                             f"{name}, {shown}, a constant cannot be a {kind}", input_name=name,
+                             input_config=info, received_value=value)
     return value, None
 
 
@@ -188,19 +264,15 @@ def _validate_node(prompt: dict, node_id: str, registry: Registry) -> list[dict]
                 received_types[name] = returns[value[1]]
                 continue
             # Inputs that VALIDATE_INPUTS takes skip the min/max/list checks, as in ComfyUI.
-            checked = {} if name in custom_names or (argspec and argspec.varkw) else options
-            value, err = _check_value(name, value, kind if checked is options else _loose(kind), checked, info)
+            ranges = name not in custom_names and not (argspec and argspec.varkw)
+            value, err = _check_value(name, value, kind, options, info, ranges)
             if err:
                 errors.append(err)
-            else:
-                node["inputs"][name] = value
+            else:  # a list constant stays wrapped: bare, it would read as a link
+                node["inputs"][name] = {"__value__": value} if isinstance(value, list) else value
     if custom and not errors:
         errors += _custom_validation(custom, argspec, node, received_types)
     return errors
-
-
-def _loose(kind):
-    return kind if isinstance(kind, str) else "*"
 
 
 def _custom_validation(custom, spec, node: dict, received_types: dict) -> list[dict]:
@@ -235,46 +307,17 @@ def _check_shape(prompt) -> None:
 def needed_nodes(prompt: dict, outputs: list[str]) -> list[str]:
     """The output nodes and everything upstream of them, in topological order (sources first).
     Raises ``dependency_cycle`` when the graph loops."""
-    order, state = [], {}
-    for root in outputs:
-        stack = [(root, iter(links_of(prompt[root]).values()))]
-        state[root] = "open"
-        while stack:
-            node_id, pending = stack[-1]
-            link = next(pending, None)
-            if link is None:
-                stack.pop()
-                state[node_id] = "done"
-                order.append(node_id)
-                continue
-            source = link[0]
-            if state.get(source) == "open":
-                cycle = [n for n, _ in stack[[n for n, _ in stack].index(source):]]
-                raise WorkflowError(_error("dependency_cycle", "Dependency cycle detected",
-                                           " -> ".join(cycle + [source])))
-            if source not in state:
-                state[source] = "open"
-                stack.append((source, iter(links_of(prompt[source]).values())))
+    order, loop = _post_order(prompt, outputs)
+    if loop:
+        raise WorkflowError(_error("dependency_cycle", "Dependency cycle detected", " -> ".join(loop)))
     return order
-
-
-def _upstream(prompt: dict, output: str) -> set[str]:
-    """``output`` and every node its links reach (links to missing nodes are left to validation)."""
-    seen, frontier = set(), [output]
-    while frontier:
-        node_id = frontier.pop()
-        if node_id not in seen:
-            seen.add(node_id)
-            frontier += [str(v[0]) for v in links_of(prompt[node_id]).values()
-                         if v and isinstance(v[0], (str, int)) and str(v[0]) in prompt]
-    return seen
 
 
 def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
     """Check a workflow against the node declarations. Returns the workflow with constants
     converted to their declared types, the output node ids, and the execution order."""
+    prompt = _copy(prompt)
     _check_shape(prompt)
-    prompt = json.loads(json.dumps(prompt))
     outputs = []
     for node_id, node in prompt.items():
         cls = registry.get(node["class_type"])
@@ -286,7 +329,7 @@ def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
     if not outputs:
         raise WorkflowError(_error("prompt_no_outputs", "Prompt has no outputs", ""))
     node_errors = {}
-    upstream = {o: _upstream(prompt, o) for o in outputs}
+    upstream = {o: set(_post_order(prompt, [o])[0]) for o in outputs}
     file_order = {node_id: i for i, node_id in enumerate(prompt)}
     for node_id in sorted(set().union(*upstream.values()), key=file_order.__getitem__):
         errors = _validate_node(prompt, node_id, registry)

@@ -41,7 +41,7 @@ def cmd_sweep(args) -> int:
                   for a, values in exp.axes.items()}
     runs = shard(expand(exp, axis_depth), args.shard)
     for run in runs:  # refuse a bad experiment before running anything
-        validate(apply_overrides(base, run.as_set_args()), registry)
+        validate(apply_overrides(base, run.as_set_args(), registry), registry)
     output_dir = Path(args.output or Path("output") / exp.path.stem).resolve()
     done = {r["run_id"] for r in read_records(output_dir) if r.get("status") == "done"}
     if args.collect:
@@ -62,7 +62,7 @@ def cmd_sweep(args) -> int:
             if run.run_id in done:
                 continue
             run_dir = output_dir / "runs" / run.run_id
-            prompt = apply_overrides(base, run.as_set_args())
+            prompt = apply_overrides(base, run.as_set_args(), registry)
             record = {"run_id": run.run_id, "overrides": run.overrides, "repeat": run.repeat,
                       "experiment": str(exp.path), "workflow": str(exp.workflow)}
             start = time.perf_counter()

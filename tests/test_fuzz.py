@@ -93,7 +93,7 @@ def test_absurd_sizes_are_stopped_by_declared_maxima():
     for override, field in (("5.steps=1000000000", "steps"), ("5.images_per_prompt=1000000", "images_per_prompt"),
                             ("5.width=100000", "width")):
         try:
-            validate(apply_overrides(API, [override]), REGISTRY)
+            validate(apply_overrides(API, [override], REGISTRY), REGISTRY)
         except WorkflowError as e:
             assert e.node_errors["5"]["errors"][0]["type"] == "value_bigger_than_max"
             assert e.node_errors["5"]["errors"][0]["details"] == field

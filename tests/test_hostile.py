@@ -1,0 +1,143 @@
+"""Hostile inputs through the command line: every case exits 2 with a message that names what is
+wrong, prints no traceback and no raw terminal control character, and writes no file at all.
+
+Each case is (command, workflow file content, extra arguments, text the message must contain).
+Content is a JSON-able object or raw text; more cases (sweep files, paths) add rows to CASES.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import loralab
+from loralab.headless.cli import main
+
+WORKFLOWS = Path(loralab.__file__).parent / "workflows"
+ESC_CLIPBOARD = "\x1b]52;c;ZXZpbA==\x07"  # OSC 52: "set the clipboard to 'evil'"
+HUGE = "9" * 5000  # above Python's 4300-digit int/str conversion limit
+
+
+def quickstart(edit=None):
+    wf = json.loads((WORKFLOWS / "quickstart.json").read_text())
+    if edit:
+        edit(wf)
+    return wf
+
+
+def ui_node(node_id, kind, inputs=(), widgets=(), mode=0):
+    return {"id": node_id, "type": kind, "mode": mode, "inputs": list(inputs), "outputs": [],
+            "widgets_values": list(widgets)}
+
+
+def save_image_fed_by(link_type, origin_slot=0, bypassed_source=False, name="images"):
+    """UI file: Image Folder -> (optionally a bypassed Save Image) -> Save Image."""
+    source = ui_node(1, "LoRALabImageFolder", widgets=["x", "", 64, 0])
+    middle = ui_node(2, "LoRALabPreviewImage", [{"name": "images", "type": "IMAGE", "link": 1}], mode=4)
+    sink_input = {"type": link_type, "link": 2 if bypassed_source else 1}
+    if name is not None:
+        sink_input["name"] = name
+    sink = ui_node(3, "LoRALabSaveImage", [sink_input], ["x"])
+    links = [[1, 1, origin_slot if not bypassed_source else 1, 2 if bypassed_source else 3, 0, "IMAGE"]]
+    if bypassed_source:
+        links.append([2, 2, origin_slot, 3, 0, link_type])
+    return {"nodes": [source, middle, sink] if bypassed_source else [source, sink], "links": links}
+
+
+def reroute_chain(length, link_type):
+    """A Prompts node's LL_PROMPTS output through ``length`` reroutes into Save Image's IMAGE input."""
+    nodes = [ui_node(1, "LoRALabPrompts", widgets=["a"])]
+    links = []
+    for i in range(length):
+        nodes.append(ui_node(100 + i, "Reroute", [{"name": "", "type": "*", "link": i + 1}]))
+        links.append([i + 1, 1 if i == 0 else 99 + i, 0, 100 + i, 0, link_type])
+    nodes.append(ui_node(2, "LoRALabSaveImage", [{"name": "images", "type": "IMAGE", "link": length + 1}], ["x"]))
+    links.append([length + 1, 99 + length, 0, 2, 0, link_type])
+    return {"nodes": nodes, "links": links}
+
+
+def set_model(value):
+    return lambda wf: wf["1"]["inputs"].update(model=value)
+
+
+CASES = {
+    # non-finite numbers
+    "nan_json_literal": ("run", json.dumps(quickstart(lambda wf: wf["5"]["inputs"].update(cfg=float("nan")))),
+                         [], "cfg"),
+    "nan_string": ("run", quickstart(lambda wf: wf["5"]["inputs"].update(cfg="nan")), [], "cfg"),
+    "set_nan": ("run", quickstart(), ["--set", "5.cfg=NaN"], "cfg"),
+    "set_minus_infinity": ("run", quickstart(), ["--set", "5.cfg=-Infinity"], "cfg"),
+    # overrides
+    "set_typo": ("run", quickstart(), ["--set", "Generate A.stepz=5"], "'stepz'"),
+    "set_link_to_missing_node": ("run", quickstart(), ["--set", '5.pipeline=["99",0]'], "99"),
+    "set_on_a_list_root": ("run", [1, 2], ["--set", "1.x=2"], "JSON object"),
+    "set_5000_digits": ("run", quickstart(), ["--set", f"5.steps={HUGE}"], "steps"),
+    "set_10000_deep_list": ("run", quickstart(), ["--set", "5.negative_prompt=" + "[" * 10000 + "]" * 10000],
+                            "negative_prompt"),
+    "set_constant_that_looks_like_a_link": ("run", quickstart(), ["--set", '5.prompts=["1",0]'], "prompts"),
+    "set_constant_that_looks_like_a_link_to_a_missing_node": ("run", quickstart(), ["--set", '5.prompts=["99",0]'],
+                                                              "prompts"),
+    "set_escape_in_input_name": ("run", quickstart(), ["--set", f"5.{ESC_CLIPBOARD}=1"], "\\x1b"),
+    # API files
+    "integer_of_5000_digits": ("run", '{"1": {"class_type": "LoRALabSampler", "inputs": {"steps": ' + HUGE + "}}}",
+                               [], "4300"),
+    "list_constant_of_a_link_to_a_missing_node": (
+        "run", quickstart(lambda wf: wf["5"]["inputs"].update(prompts={"__value__": ["99", 0]})), [], "prompts"),
+    "escape_in_class_name": ("run", {"1": {"class_type": ESC_CLIPBOARD, "inputs": {}}}, [], "\\x1b]52"),
+    "escape_in_model_name": ("run", quickstart(set_model(ESC_CLIPBOARD)), [], "\\x1b]52"),
+    "escape_in_node_id": ("run", {"\x1b[2J": {"class_type": "Nope", "inputs": {}}}, [], "\\x1b[2J"),
+    "escape_in_title": ("run", quickstart(lambda wf: (wf["5"]["_meta"].update(title=ESC_CLIPBOARD),
+                                                      wf["5"]["inputs"].update(steps=0))), [], "\\x1b]52"),
+    # UI files
+    "ui_definitions_as_a_list": ("run", {"nodes": [], "links": [], "definitions": []}, [], "definitions"),
+    "ui_links_as_an_integer": ("convert", {"nodes": [], "links": 5}, [], "links"),
+    "ui_integer_links": ("convert", {"nodes": [], "links": [1, 2]}, [], "malformed link"),
+    "ui_unnamed_input": ("convert", save_image_fed_by("IMAGE", name=None), [], "name"),
+    "ui_negative_bypass_slot": ("convert", save_image_fed_by("IMAGE", origin_slot=-5, bypassed_source=True), [],
+                                "slot -5"),
+    "ui_negative_origin_slot": ("run", save_image_fed_by("IMAGE", origin_slot=-1), [], "slot -1"),
+    "ui_10000_reroutes_of_the_wrong_type": ("run", reroute_chain(10000, "LL_PROMPTS"), [], "LL_PROMPTS"),
+}
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_hostile_input_exits_2_with_a_clean_message_and_writes_nothing(tmp_path, monkeypatch, capsys, case):
+    command, content, args, expected = CASES[case]
+    monkeypatch.chdir(tmp_path)  # relative default paths would land here
+    path = tmp_path / "input.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    before = files_under(tmp_path)
+    out_arg = ["-o", str(tmp_path / "out" / ("api.json" if command == "convert" else ""))]
+    rc = main([command, str(path), *out_arg, *(["-q"] if command == "run" else []), *args])
+    out, err = capsys.readouterr()
+    shown = out + err
+    assert rc == 2, shown
+    assert expected in shown, shown
+    assert shown.startswith("error: ") and "Traceback" not in shown
+    assert not any(ord(c) < 32 and c not in "\n\t" or 0x7f <= ord(c) < 0xa0 for c in shown), repr(shown)
+    assert files_under(tmp_path) == before
+
+
+def test_the_installed_command_refuses_an_invalid_workflow_before_importing_diffusers(tmp_path):
+    """The exit-2 path of the real console entry point, in a fresh interpreter: a clean message, and
+    neither torch nor diffusers (seconds and most of a GB) imported to say so."""
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(quickstart(set_model(ESC_CLIPBOARD))))
+    probe = ("import sys\nfrom loralab.headless.cli import main\nrc = main(sys.argv[1:])\n"
+             "print('imported:', sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))\n"
+             "sys.exit(rc)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe, "run", str(path), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Value not in list: model: '\\x1b]52;c;ZXZpbA==\\x07'" in done.stderr
+    assert "Traceback" not in done.stderr and "\x1b" not in done.stderr + done.stdout
+    assert done.stdout.strip() == "imported: []"
+    assert not (tmp_path / "out").exists()
