@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .choices import DORA_NORMS
 from .files import atomic_write
 
 BASE_MODEL_VERSION = {"sd1": "sd_v1", "sdxl": "sdxl_base_v1-0"}
@@ -74,13 +75,74 @@ def save_lora_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], p
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def delta_weights(kohya: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """kohya name -> ΔW = (alpha/rank)·up·down, for linear and convolution LoRAs."""
+_KOHYA_PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
+
+
+def _kohya_modules(kohya: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """module name -> {".lora_down.weight": tensor, ".lora_up.weight": …, ".alpha": …, ".dora_scale": …}."""
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in kohya.items():
+        for part in _KOHYA_PARTS:
+            if key.endswith(part):
+                grouped.setdefault(key[: -len(part)], {})[part] = value
+                break
+    return grouped
+
+
+def _without_1x1(shape) -> tuple:
+    """A [a, b, 1, 1] shape as [a, b]: a 1x1 convolution and a Linear layer take the same LoRA."""
+    shape = tuple(shape)
+    return shape[:2] if len(shape) == 4 and shape[2:] == (1, 1) else shape
+
+
+def check_lora_shapes(kohya: dict[str, torch.Tensor], weights: dict[str, tuple[str, torch.Size]] | None = None):
+    """Raise a ValueError naming the key and the shapes unless every LoRA tensor fits: up [out, r(,1,1)],
+    down [r, in(,kh,kw)], one rank per module, a scalar alpha, a DoRA magnitude of ``out`` values; and
+    with ``weights`` (kohya name -> (module path, weight shape) of the model it is applied to) the model's
+    [out, in(,kh,kw)]. Checked before any multiply: a small file claiming large dimensions would
+    otherwise allocate ΔW = up·down of any size."""
+    for name, parts in _kohya_modules(kohya).items():
+        down, up = parts.get(".lora_down.weight"), parts.get(".lora_up.weight")
+        if down is None and up is None:
+            continue
+        if down is None or up is None:
+            raise ValueError(f"LoRA module {name!r} has a {'lora_up' if down is None else 'lora_down'} weight "
+                             "but no matching lora_down/lora_up")
+
+        def refuse(part: str, needed: str):
+            raise ValueError(f"key {name + part!r} has shape {list(parts[part].shape)}; {needed}")
+
+        if down.ndim not in (2, 4):
+            refuse(".lora_down.weight", "a lora_down weight is [rank, in] or [rank, in, kh, kw]")
+        rank = down.shape[0]
+        if up.ndim not in (2, 4) or up.shape[1] != rank or any(d != 1 for d in up.shape[2:]):
+            refuse(".lora_up.weight", f"it needs [out, {rank}] (or [out, {rank}, 1, 1]) to match lora_down's "
+                                      f"rank {rank}")
+        if ".alpha" in parts and parts[".alpha"].numel() != 1:
+            refuse(".alpha", "alpha is one number")
+        if ".dora_scale" in parts and parts[".dora_scale"].numel() != up.shape[0]:
+            refuse(".dora_scale", f"a DoRA magnitude holds one value per output ({up.shape[0]})")
+        if weights is None or name not in weights:
+            continue
+        path, shape = weights[name]
+        where = f"the model's module {path!r} has weight {list(shape)}, so it needs"
+        needed_down, needed_up = (rank, *shape[1:]), (shape[0], rank) + (1, 1) * (len(shape) == 4)
+        if _without_1x1(down.shape) != _without_1x1(needed_down):
+            refuse(".lora_down.weight", f"{where} {list(needed_down)}")
+        if _without_1x1(up.shape) != _without_1x1(needed_up):
+            refuse(".lora_up.weight", f"{where} {list(needed_up)}")
+
+
+def delta_weights(kohya: dict[str, torch.Tensor], names=None) -> dict[str, torch.Tensor]:
+    """kohya name -> ΔW = (alpha/rank)·up·down, for linear and convolution LoRAs (all of them, or
+    those in ``names``). Check shapes first (:func:`check_lora_shapes`)."""
     deltas = {}
     for key in kohya:
         if not key.endswith(".lora_down.weight"):
             continue
         name = key[: -len(".lora_down.weight")]
+        if names is not None and name not in names:
+            continue
         down, up = kohya[key].float(), kohya[f"{name}.lora_up.weight"].float()
         rank = down.shape[0]
         alpha = float(kohya.get(f"{name}.alpha", torch.tensor(float(rank))))
@@ -128,34 +190,56 @@ def offsets(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tens
     return out
 
 
-def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text_strength: float):
+def dora_weight(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, norm: str = "peft"):
+    """DoRA's merged weight, per output row: peft (the paper) m·(W+ΔW)/‖W+ΔW‖; ComfyUI (0.8,
+    ``weight_decompose``) m·(W+ΔW)/(‖W‖ + ε), ε = float32's machine epsilon: it normalises by the
+    base weight's norm, so the change it makes differs from the one trained."""
+    if norm not in DORA_NORMS:
+        raise ValueError(f"DoRA norm {norm!r} is not one of {', '.join(DORA_NORMS)}")
+    merged = weight.float() + delta
+    reference = merged if norm == "peft" else weight.float()
+    row_norm = reference.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (merged.ndim - 1))
+    if norm == "comfyui":
+        row_norm = row_norm + torch.finfo(torch.float32).eps
+    return merged * (magnitude.float().reshape(row_norm.shape) / row_norm)
+
+
+def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text_strength: float,
+                dora_norm: str = "peft"):
     """A pipeline whose touched components are copies with W + strength·ΔW merged in (the
-    original pipeline, shared with other nodes, is left alone). Returns (pipe, unmatched names)."""
+    original pipeline, shared with other nodes, is left alone); DoRA modules normalised as
+    ``dora_norm`` says (:func:`dora_weight`). Every shape is checked against the model first.
+    Returns (pipe, unmatched names)."""
     import copy
 
-    deltas = delta_weights(kohya)
     extra = offsets(kohya)
     index = module_index(pipe)
+    originals = {c: dict(getattr(pipe, c).named_modules()) for c in {c for c, _ in index.values()}}
+    lora_names = [name for name, parts in _kohya_modules(kohya).items() if ".lora_down.weight" in parts]
+    check_lora_shapes(kohya, {name: (index[name][1], originals[index[name][0]][index[name][1]].weight.shape)
+                              for name in lora_names if name in index})
+    for key, (parameter, offset) in extra.items():
+        name = key.split("|")[0]
+        target = getattr(originals[index[name][0]][index[name][1]], parameter, None) if name in index else None
+        if target is not None and offset.numel() != target.numel():
+            raise ValueError(f"key {name + ('.diff' if parameter == 'weight' else '.diff_b')!r} has shape "
+                             f"{list(offset.shape)}; the model's {index[name][1]}.{parameter} is {list(target.shape)}")
+    unmatched = [name for name in lora_names if name not in index]
+    deltas = delta_weights(kohya, {name for name in lora_names if name in index})
     names = list(deltas) + [key.split("|")[0] for key in extra]
     touched = {index[name][0] for name in names if name in index}
     new = copy.copy(pipe)
     for component in touched:
         setattr(new, component, copy.deepcopy(getattr(pipe, component)))
     modules = {c: dict(getattr(new, c).named_modules()) for c in touched}
-    unmatched = []
     with torch.no_grad():
         for name, delta in deltas.items():
-            if name not in index:
-                unmatched.append(name)
-                continue
             component, path = index[name]
             strength = unet_strength if component == "unet" else text_strength
             weight = modules[component][path].weight
             delta = delta.reshape(weight.shape)
-            if f"{name}.dora_scale" in kohya:  # DoRA (peft): W' = m·(W+ΔW)/‖W+ΔW‖ per output row
-                merged = weight.float() + delta
-                norm = merged.flatten(1).norm(dim=1).reshape((-1,) + (1,) * (merged.ndim - 1))
-                delta = merged * (kohya[f"{name}.dora_scale"].float().reshape(norm.shape) / norm) - weight.float()
+            if f"{name}.dora_scale" in kohya:
+                delta = dora_weight(weight, delta, kohya[f"{name}.dora_scale"], dora_norm) - weight.float()
             weight += (strength * delta).to(weight.dtype)
         for key, (parameter, offset) in extra.items():
             name = key.split("|")[0]
@@ -187,7 +271,7 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise ValueError(f"LoRA file {str(path)!r} is not a readable safetensors file ({e})") from None
     if any(k.startswith(("lora_unet_", "lora_te", "diffusion_model.")) for k in tensors):
-        return tensors, metadata  # kohya, or ComfyUI's trainer (resolved against the model when applied)
+        return _checked(path, tensors), metadata  # kohya, or ComfyUI's trainer (resolved when applied)
     two_encoders = any(k.startswith("text_encoder_2.") for k in tensors)
     prefixes = {"unet.": "lora_unet", "text_encoder.": "lora_te1" if two_encoders else "lora_te",
                 "text_encoder_2.": "lora_te2"}
@@ -210,7 +294,16 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
         raise ValueError(f"LoRA file {str(path)!r}: key {unknown[0]!r} is neither kohya nor diffusers/peft layout")
     if not out:
         raise ValueError(f"LoRA file {str(path)!r} holds no LoRA weights")
-    return out, metadata
+    return _checked(path, out), metadata
+
+
+def _checked(path: Path, kohya: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors, once their shapes agree with each other (the model's are checked when applied)."""
+    try:
+        check_lora_shapes(kohya)
+    except ValueError as e:
+        raise ValueError(f"LoRA file {str(path)!r}: {e}") from None
+    return kohya
 
 
 @functools.lru_cache(maxsize=2)

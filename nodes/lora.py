@@ -1,6 +1,6 @@
 """Training, applying and saving LoRAs."""
 
-from ..core.choices import LR_SCHEDULES, OPTIMIZERS
+from ..core.choices import DORA_NORMS, LR_SCHEDULES, OPTIMIZERS
 
 
 class LoRALabTrainConfig:
@@ -171,14 +171,25 @@ class LoRALabApplyLoRA:
             "text_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                         "tooltip": "Multiplier of the text-encoder update."}),
         }}
+        }, "optional": {
+            "dora_norm": (list(DORA_NORMS), {"default": "peft", "tooltip":
+                          "DoRA LoRAs only. peft: m*(W+dW)/||W+dW|| (the paper, peft, diffusers, training). "
+                          "comfyui: m*(W+dW)/||W||, what ComfyUI 0.8 computes (an open upstream bug), to see "
+                          "a DoRA LoRA as ComfyUI shows it."}),
 
-    def apply(self, pipeline, lora, unet_strength, text_strength):
+    def apply(self, pipeline, lora, unet_strength, text_strength, dora_norm="peft"):
         from ..core.lora_files import merged_copy
 
         if lora.family != pipeline.family:
             raise ValueError(f"LoRA Lab: Apply LoRA: LoRA '{lora.name}' is for {lora.family}, the pipeline is "
                              f"{pipeline.family}")
-        pipe, unmatched = merged_copy(pipeline.pipe, lora.tensors, unet_strength, text_strength)
+        if dora_norm not in DORA_NORMS:
+            raise ValueError(f"LoRA Lab: Apply LoRA: input 'dora_norm' = {dora_norm!r} is not one of "
+                             f"{', '.join(DORA_NORMS)}")
+        try:
+            pipe, unmatched = merged_copy(pipeline.pipe, lora.tensors, unet_strength, text_strength, dora_norm)
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Apply LoRA: LoRA '{lora.name}': {e}") from None
         if unmatched:
             raise ValueError(f"LoRA Lab: Apply LoRA: {len(unmatched)} LoRA modules are not in this model "
                              f"(e.g. {unmatched[0]}); was it trained on another architecture?")
@@ -279,7 +290,10 @@ class LoRALabLoadLoRA:
         if lora_name not in files:
             raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r} is not a LoRA file here; "
                              f"found: {', '.join(files) or 'none'}")
-        tensors, meta = read_lora_file(files[lora_name])
+        try:
+            tensors, meta = read_lora_file(files[lora_name])
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r}: {e}") from None
         down = next(v for k, v in tensors.items() if k.endswith(".lora_down.weight"))
         alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(down.shape[0]))
         family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_", "diffusion_model.label_emb")) for k in tensors) \

@@ -236,3 +236,104 @@ def test_diffusers_layout_is_what_diffusers_writes_and_loads_back_with_its_alpha
                 fused = module.base_layer.weight if hasattr(module, "base_layer") else module.weight
                 torch.testing.assert_close(fused.detach(), base + expected[key], atol=1e-5, rtol=1e-5)
     assert checked == len(expected)
+
+
+TO_Q = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+CONV = "down_blocks.0.resnets.0.conv1"
+
+
+def _crafted(tiny, module, **parts):
+    """A kohya file for one real module of the tiny model whose parts default to valid shapes."""
+    weight = dict(tiny.pipe.unet.named_modules())[module].weight
+    out, rest = weight.shape[0], tuple(weight.shape[1:])
+    name = "lora_unet_" + module.replace(".", "_")
+    shapes = {"down": (2, *rest), "up": (out, 2) + (1, 1) * (weight.ndim == 4), "alpha": ()} | parts
+    keys = {"down": "lora_down.weight", "up": "lora_up.weight", "alpha": "alpha", "dora_scale": "dora_scale"}
+    return name, {f"{name}.{keys[k]}": torch.full(s, 0.01) for k, s in shapes.items()}
+
+
+@pytest.mark.parametrize("module, parts, wrong, node", [
+    (TO_Q, {"down": (1, 60000), "up": (60000, 1)}, "lora_down.weight", "Apply LoRA"),  # a huge ΔW, a small file
+    (TO_Q, {"up": (32, 3)}, "lora_up.weight", "Load LoRA"),  # rank 3 against a rank-2 down
+    (TO_Q, {"alpha": (2,)}, "alpha", "Load LoRA"),
+    (TO_Q, {"dora_scale": (31, 1)}, "dora_scale", "Load LoRA"),
+    (CONV, {"down": (2, 32, 1, 1)}, "lora_down.weight", "Apply LoRA"),  # a 1x1 kernel for a 3x3 convolution
+    (CONV, {"up": (32, 2, 3, 3)}, "lora_up.weight", "Load LoRA"),
+])
+def test_apply_checks_every_shape_against_the_model_before_multiplying(tiny, tmp_path, monkeypatch, module, parts,
+                                                                        wrong, node):
+    """Shapes that disagree with each other are refused when the file is read, shapes that disagree with
+    the model when it is applied: both before any ΔW is computed, naming the file, the key, the shapes."""
+    from safetensors.torch import save_file
+
+    from loralab.core import lora_files
+    from loralab.nodes.lora import LoRALabApplyLoRA, LoRALabLoadLoRA
+
+    name, tensors = _crafted(tiny, module, **parts)
+    (tmp_path / "loras").mkdir()
+    save_file(tensors, tmp_path / "loras" / "crafted.safetensors")
+    monkeypatch.setenv("LORALAB_MODELS_DIR", str(tmp_path))
+
+    def no_multiply(*a, **k):
+        raise AssertionError("ΔW was computed before the shapes were checked")
+
+    monkeypatch.setattr(lora_files, "delta_weights", no_multiply)
+    with pytest.raises(ValueError) as error:  # refused on loading (shapes that disagree) or applying
+        (lora,) = LoRALabLoadLoRA().load("crafted.safetensors")
+        LoRALabApplyLoRA().apply(tiny, lora, 1.0, 1.0)
+    message = str(error.value)
+    assert "crafted.safetensors" in message and f"{name}.{wrong}" in message, message
+    assert str(list(tensors[f"{name}.{wrong}"].shape)) in message
+    model_shape = str(list(dict(tiny.pipe.unet.named_modules())[module].weight.shape))
+    assert message.startswith(f"LoRA Lab: {node}: ") and (model_shape in message) == (node == "Apply LoRA"), message
+
+
+def test_valid_shapes_of_every_kind_pass_the_check(tiny):
+    from loralab.core.lora_files import merged_copy
+
+    for module in (TO_Q, CONV):
+        name, tensors = _crafted(tiny, module)
+        pipe, unmatched = merged_copy(tiny.pipe, tensors, 1.0, 1.0)
+        assert not unmatched
+        before = dict(tiny.pipe.unet.named_modules())[module].weight
+        assert not torch.equal(dict(pipe.unet.named_modules())[module].weight, before)
+
+
+def test_dora_weight_in_comfyui_mode_reproduces_comfyuis_weight_decompose():
+    """ComfyUI 0.8's ``weight_decompose`` (comfy/weight_adapter/base.py) divides by the base weight's norm.
+    Numbers recorded once by running that function on these inputs (ΔW = (alpha/rank)·up·down)."""
+    from loralab.core.lora_files import dora_weight
+
+    weight = torch.tensor([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]])
+    delta = 0.5 * torch.tensor([[0.5], [-1.0]]) @ torch.tensor([[1.0, 0.5, -0.5]])
+    magnitude = torch.tensor([[2.0], [3.0]])
+    comfyui = torch.tensor([[1.0910893678665161, -1.636634111404419, 0.32732683420181274],
+                            [-0.23643311858177185, 2.600764274597168, -0.7092993259429932]])
+    torch.testing.assert_close(dora_weight(weight, delta, magnitude, "comfyui"), comfyui, atol=1e-6, rtol=1e-6)
+    peft = (weight + delta) * magnitude / (weight + delta).norm(dim=1, keepdim=True)
+    torch.testing.assert_close(dora_weight(weight, delta, magnitude, "peft"), peft)
+    assert (dora_weight(weight, delta, magnitude, "peft") - comfyui).abs().max() > 0.1
+    with pytest.raises(ValueError, match="not one of peft, comfyui"):
+        dora_weight(weight, delta, magnitude, "lycoris")
+
+
+def test_apply_lora_dora_norm_comfyui_merges_by_the_base_weights_norm(tiny):
+    """Apply LoRA with dora_norm = comfyui: W + s·(m·(W+ΔW)/(‖W‖ + ε) − W) per output row, as ComfyUI."""
+    from loralab.nodes.lora import LoRALabApplyLoRA
+
+    targets = resolve_targets(tiny.pipe.unet, "all_linear+conv")
+    state, _ = _peft_merged(tiny.pipe.unet, targets, 4, 8.0, 3, use_dora=True)
+    kohya = to_kohya(state, 8.0)
+    lora = type("L", (), {"tensors": kohya, "family": "sd1", "name": "dora"})()
+    (comfy,) = LoRALabApplyLoRA().apply(tiny, lora, 0.7, 1.0, dora_norm="comfyui")
+    (peft,) = LoRALabApplyLoRA().apply(tiny, lora, 0.7, 1.0)
+    deltas = delta_weights(kohya)
+    ours, theirs = dict(comfy.pipe.unet.named_modules()), dict(peft.pipe.unet.named_modules())
+    for name in (TO_Q, CONV):
+        key = "lora_unet_" + name.replace(".", "_")
+        w = dict(tiny.pipe.unet.named_modules())[name].weight.detach()
+        norm = w.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.ndim - 1)) + torch.finfo(torch.float32).eps
+        m = kohya[f"{key}.dora_scale"].reshape(norm.shape)
+        expected = w + 0.7 * (m * (w + deltas[key].reshape(w.shape)) / norm - w)
+        torch.testing.assert_close(ours[name].weight, expected, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(theirs[name].weight, expected, atol=1e-4)
