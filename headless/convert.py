@@ -67,9 +67,12 @@ def _widget_values(node: dict, cls) -> dict:
     values = list(values or [])
     named, i = {}, 0
     for name, kind, options in widgets:
-        if i >= len(values):
-            break
-        named[name] = values[i]
+        if i < len(values):
+            named[name] = values[i]
+        elif "default" in options:  # a file saved before this input existed: the editor sends its default
+            named[name] = options["default"]
+        elif isinstance(kind, (list, tuple)) and kind:  # ... or a combo's first choice
+            named[name] = kind[0]
         i += 1 + control_values(name, kind, options)
     return named
 

@@ -9,11 +9,25 @@ from __future__ import annotations
 from .graph import node_depths
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+SEED_NAMES = ("seed", "noise_seed")  # INTs the editor gives a control unless the node says otherwise
 COLUMN, GAP, LINE, TEXTBOX = 380, 60, 24, 100  # layout in editor pixels
 
 
 def is_widget(kind) -> bool:
     return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES or kind == "COMBO"
+
+
+def control_values(name: str, kind, options: dict) -> int:
+    """How many values the editor saves after this widget's own (frontend 1.35.9's widget constructors):
+    a "control after generate" mode after an INT that declares ``control_after_generate``, or declares
+    nothing and is named ``seed``/``noise_seed``; after a FLOAT only when declared; after a COMBO when
+    declared, the mode and the control's filter list. BOOLEAN and STRING widgets never get one."""
+    declared = options.get("control_after_generate")
+    if kind == "INT":
+        return int(bool(name in SEED_NAMES if declared is None else declared))
+    if not declared:
+        return 0
+    return 2 if isinstance(kind, (list, tuple)) or kind == "COMBO" else int(kind == "FLOAT")
 
 
 def declared_inputs(cls) -> list[tuple[str, object, dict]]:
@@ -49,8 +63,8 @@ def api_to_ui(prompt: dict, registry: dict) -> dict:
             if isinstance(value, dict) and "__value__" in value:
                 value = value["__value__"]
             widgets.append(value)
-            if options.get("control_after_generate"):
-                widgets.append("fixed")
+            # "fixed", so a loaded workflow keeps its seeds; a COMBO's filter list stays empty
+            widgets.extend(["fixed", ""][:control_values(name, kind, options)])
         depth = depths[node_id]
         multiline = sum(1 for _, kind, o in declared_inputs(cls) if kind == "STRING" and o.get("multiline"))
         height = LINE * (max(len(inputs), len(cls.RETURN_TYPES)) + len(widgets)) + TEXTBOX * multiline + 20

@@ -23,7 +23,8 @@ class LoRALabImageFolder:
             "flip": ("BOOLEAN", {"default": False, "tooltip": "Add horizontally mirrored copies."}),
         }, "optional": {
             "default_caption": ("STRING", {"default": "", "tooltip": "Caption for images without one."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of random crops."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False,
+                             "tooltip": "Seed of random crops (fixed: the editor never changes it on Run)."}),
             "buckets": ("BOOLEAN", {"default": False, "tooltip":
                         "Aspect-ratio buckets (kohya): each image keeps its shape, resized to the bucket of "
                         "about resolution² pixels with the nearest aspect ratio; batches never mix buckets."}),
@@ -62,7 +63,9 @@ class LoRALabSingleImageConcept:
                              "Prior-preservation images to generate; 0 = none."}),
             "prior_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.05,
                                        "tooltip": "Loss weight of the class images (DreamBooth's lambda)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "Seed of the class images."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False,
+                             "tooltip": "Seed of the class images (fixed: the editor never changes it on Run, "
+                                        "so the class images are not regenerated)."}),
         }}
 
     def build(self, pipeline, instance_images, instance_prompt, class_prompt="", class_images=0, prior_weight=1.0,

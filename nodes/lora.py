@@ -21,8 +21,9 @@ class LoRALabTrainConfig:
                                         "tooltip": "Peak learning rate (seed 002: 5e-4; seed 004: 1e-4)."}),
             "lr_schedule": (list(LR_SCHEDULES), {"default": "constant", "tooltip":
                             "constant, linear decay or cosine annealing, each after warmup_steps."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
-                     "Seeds LoRA init, data order, timesteps and noise: same seed, same LoRA."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
+                     "tooltip": "Seeds LoRA init, data order, timesteps and noise: same seed, same LoRA "
+                                "(fixed: the editor never changes it on Run, so nothing retrains)."}),
         }, "optional": {
             "optimizer": (list(OPTIMIZERS), {"default": "adamw", "tooltip": "torch optimizer."}),
             "gradient_accumulation": ("INT", {"default": 1, "min": 1, "max": 256,

@@ -90,8 +90,9 @@ class LoRALabSummarize:
                           "Bootstrap resamples for the confidence interval (percentile method)."}),
             "confidence": ("FLOAT", {"default": 0.95, "min": 0.5, "max": 0.999, "step": 0.005, "tooltip":
                            "Confidence level of the interval (0.95 = 95% CI)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip":
-                     "Seed of the bootstrap draws: same seed, same interval."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
+                     "tooltip": "Seed of the bootstrap draws: same seed, same interval (fixed: the editor "
+                                "never changes it on Run)."}),
         }}
 
     def summarize(self, scores, group_by, metrics, resamples, confidence, seed):

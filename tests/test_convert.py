@@ -22,26 +22,67 @@ from loralab.headless.ui import api_to_ui
 
 DATA = Path(__file__).parent / "data" / "ui"
 WORKFLOWS = Path(loralab.__file__).parent / "workflows"
+CONTROL_MODES = {"fixed", "increment", "decrement", "randomize"}
 
 
 def load(path):
     return json.loads(Path(path).read_text())
 
 
-def test_rules_file_converts_exactly_as_comfyuis_frontend_does():
-    """Reroute, PrimitiveNode feeding a converted seed widget (control 'randomize'), a Note, a
-    bypassed Img2Img (its IMAGE input passes through), a muted Generate (its consumer loses the input)."""
-    assert ui_to_api(load(DATA / "rules.ui.json"), REGISTRY, NAMES) == load(DATA / "rules.frontend.api.json")
+UI_FILES = sorted(WORKFLOWS.glob("*.ui.json")) + sorted(DATA.glob("*.ui.json"))
 
 
-def test_quickstart_twin_converts_to_the_api_workflow():
-    assert ui_to_api(load(WORKFLOWS / "quickstart.ui.json"), REGISTRY, NAMES) == load(WORKFLOWS / "quickstart.json")
+def frontend_copy(ui_path: Path) -> Path:
+    return DATA / ui_path.name.replace(".ui.json", ".frontend.api.json")
+
+
+def registry_from_object_info(info: dict) -> tuple[dict, dict]:
+    """Node classes declared exactly as a recorded /object_info serves them (test-only node types)."""
+    def node_class(node_id, spec):
+        inputs = {part: {name: tuple(s) for name, s in specs.items()} for part, specs in spec["input"].items()}
+        return type(node_id, (), {"CATEGORY": spec["category"], "RETURN_TYPES": tuple(spec["output"]), "FUNCTION": "f",
+                                  "INPUT_TYPES": classmethod(lambda cls: inputs)})
+    return ({k: node_class(k, v) for k, v in info.items()}, {k: v["display_name"] for k, v in info.items()})
+
+
+def registry_for(ui_path: Path) -> tuple[dict, dict]:
+    defs = ui_path.with_name(ui_path.name.replace(".ui.json", ".object_info.json"))
+    return registry_from_object_info(load(defs)) if defs.exists() else (REGISTRY, NAMES)
+
+
+@pytest.mark.parametrize("ui_path", UI_FILES, ids=lambda p: p.name)
+def test_ui_file_converts_exactly_as_comfyuis_frontend_does(ui_path):
+    """Every shipped UI workflow, rules.ui.json (Reroute, a PrimitiveNode feeding a converted seed
+    widget, a Note, a bypassed Img2Img, a muted Generate) and controls.ui.json (which widgets get
+    a "control after generate" value: seed/noise_seed INTs unless declared, declared INT/FLOAT/COMBO,
+    a COMBO's filter list; the defaults of values missing from an old file) against the frontend's
+    own graphToPrompt() output."""
+    registry, names = registry_for(ui_path)
+    assert ui_to_api(load(ui_path), registry, names) == load(frontend_copy(ui_path))
+
+
+@pytest.mark.parametrize("ui_path", sorted(WORKFLOWS.glob("*.ui.json")), ids=lambda p: p.name)
+def test_shipped_api_workflow_is_what_the_editor_sends_for_its_ui_twin(ui_path):
+    assert load(ui_path.with_name(ui_path.name.replace(".ui.json", ".json"))) == load(frontend_copy(ui_path))
 
 
 def test_convert_command_writes_the_api_file(tmp_path):
     target = tmp_path / "api.json"
-    assert main(["convert", str(WORKFLOWS / "quickstart.ui.json"), "-o", str(target)]) == 0
-    assert load(target) == load(WORKFLOWS / "quickstart.json")
+    assert main(["convert", str(WORKFLOWS / "train_lora.ui.json"), "-o", str(target)]) == 0
+    assert load(target) == load(DATA / "train_lora.frontend.api.json")
+
+
+def test_api_to_ui_lays_out_widget_values_where_the_frontend_reads_them():
+    """api_to_ui's widgets_values line up with the hand-laid controls.ui.json that the frontend read
+    as intended (above; where that file stops early, api_to_ui goes on with the defaults); every
+    control it writes is 'fixed', so a loaded workflow keeps its seeds."""
+    registry, _ = registry_for(DATA / "controls.ui.json")
+    laid_out = {n["id"]: n["widgets_values"] for n in load(DATA / "controls.ui.json")["nodes"]}
+    for entry in api_to_ui(load(DATA / "controls.frontend.api.json"), registry)["nodes"]:
+        expected = laid_out[entry["id"]]
+        assert len(entry["widgets_values"]) >= len(expected)
+        assert all(ours == theirs or (theirs in CONTROL_MODES and ours == "fixed")
+                   for ours, theirs in zip(entry["widgets_values"], expected))
 
 
 class ListNode:
