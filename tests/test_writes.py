@@ -128,21 +128,31 @@ def test_train_lora_refuses_a_symlinked_checkpoint_folder_before_training(output
     assert_refused(lambda: LoRALabTrainLoRA().train(None, None, None, None, "run"), outside)
 
 
-def test_a_checkpoint_folder_left_by_a_killed_run_is_cleaned_on_the_next_start(output_dir, monkeypatch):
-    import loralab.core.train
+def test_a_checkpoint_folder_left_by_a_killed_run_is_cleaned_on_the_next_start(tiny, output_dir, monkeypatch):
+    import loralab.core.train as train
+    from loralab.core.lora import LoRAConfigSpec
+    from loralab.core.noise import NoiseStrategy
 
     run = output_dir / "loralab_checkpoints" / "run"
-    (run / ".checkpoint.k1ll3d").mkdir(parents=True)
-    (run / ".checkpoint.k1ll3d" / "adapter.safetensors").write_bytes(b"half")
-    (run / ".latest.k1ll3d").write_text("{")
-    (run / "checkpoint-0000004").mkdir()
+    (run / "checkpoint-0000004").mkdir(parents=True)  # a finished checkpoint: kept
+    data = train.encode_dataset(tiny.pipe, torch.rand(1, 32, 32, 3), ["x"])
+    with monkeypatch.context() as killed:  # the process dies while publishing a checkpoint: its clean-up never runs
+        def die(*args):
+            raise KeyboardInterrupt
+
+        killed.setattr(train.os, "replace", die)
+        killed.setattr(train.shutil, "rmtree", lambda *args, **kwargs: None)
+        with pytest.raises(KeyboardInterrupt):
+            train.train_lora(tiny.pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=2), train.TrainSpec(steps=1), run)
+    left = sorted(p.name for p in run.iterdir())
+    assert len(left) == 2 and left[0].startswith("."), left  # the writer's temporary folder survived the "kill"
     seen = {}
 
     def fake_training(*args, **kwargs):
         seen["folder"] = next(a for a in (*args, *kwargs.values()) if isinstance(a, Path))
         raise KeyboardInterrupt  # the rest of the node is not under test
 
-    monkeypatch.setattr(loralab.core.train, "train_from_images", fake_training)
+    monkeypatch.setattr(train, "train_from_images", fake_training)
     with pytest.raises(KeyboardInterrupt):
         LoRALabTrainLoRA().train(None, None, SimpleNamespace(), None, "run", images=torch.rand(1, 8, 8, 3))
     assert Path(seen["folder"]) == run.resolve()
