@@ -2,6 +2,7 @@
 
 import copy
 import json
+import unicodedata
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from loralab import NODE_CLASS_MAPPINGS as REGISTRY
 from loralab import NODE_DISPLAY_NAME_MAPPINGS as NAMES
 from loralab.headless.cli import main
 from loralab.headless.convert import ui_to_api
-from loralab.headless.errors import WorkflowError
+from loralab.headless.errors import WorkflowError, printable
 from loralab.headless.graph import apply_overrides, validate
 
 WORKFLOWS = Path(loralab.__file__).parent / "workflows"
@@ -34,6 +35,24 @@ mutation = st.one_of(
 )
 
 
+ERROR_TYPES = {"invalid_prompt", "prompt_no_outputs", "prompt_outputs_failed_validation", "dependency_cycle"}
+NODE_ERROR_TYPES = {"required_input_missing", "bad_linked_input", "return_type_mismatch", "invalid_input_type",
+                    "value_smaller_than_min", "value_bigger_than_max", "value_not_in_list", "custom_validation_failed"}
+
+
+def assert_reported(error: WorkflowError, workflow) -> None:
+    """A refusal the user can act on: one of ComfyUI's error types, node errors only for nodes of
+    the workflow that some output needs, and a body that survives JSON and the terminal."""
+    assert error.error["type"] in ERROR_TYPES and error.error["message"]
+    assert bool(error.node_errors) == (error.error["type"] == "prompt_outputs_failed_validation")
+    for node_id, entry in error.node_errors.items():
+        assert entry["class_type"] == workflow[node_id]["class_type"]
+        assert entry["dependent_outputs"] and entry["errors"]
+        assert all(e["type"] in NODE_ERROR_TYPES and e["message"] for e in entry["errors"])
+    json.dumps(error.to_json())
+    assert all(c in "\n\t" or unicodedata.category(c) != "Cc" for c in printable(str(error)))
+
+
 def mutate(workflow: dict, mutations) -> dict:
     wf = copy.deepcopy(workflow)
     for op, node_id, name, value in mutations:
@@ -52,10 +71,11 @@ def mutate(workflow: dict, mutations) -> dict:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(mutation, min_size=1, max_size=4))
 def test_validation_of_mutated_api_workflows_raises_only_workflow_errors(mutations):
+    workflow = mutate(API, mutations)
     try:
-        validate(mutate(API, mutations), REGISTRY)
+        validate(workflow, REGISTRY)
     except WorkflowError as e:
-        assert e.exit_code == 2 and e.error["type"] and str(e)
+        assert_reported(e, workflow)
 
 
 ui_mutation = st.tuples(st.sampled_from(["nodes", "links"]), st.integers(0, 12),
@@ -74,10 +94,12 @@ def test_conversion_of_mutated_ui_workflows_raises_only_workflow_errors(mutation
             items[index] = value
         else:
             items[index][key] = value
+    api = None
     try:
-        validate(ui_to_api(ui, REGISTRY, NAMES), REGISTRY)
+        api = ui_to_api(ui, REGISTRY, NAMES)
+        validate(api, REGISTRY)
     except WorkflowError as e:
-        assert e.exit_code == 2
+        assert_reported(e, api)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,5 +1,6 @@
 """Hostile inputs through the command line: every case exits 2 with a message that names what is
-wrong, prints no traceback and no raw terminal control character, and writes no file at all.
+wrong, prints no traceback and no raw terminal control character, and writes no file at all; and
+very long chains, which are legitimate, run without hitting Python's recursion limit.
 
 Each case is (command, workflow file content, extra arguments, text the message must contain).
 Content is a JSON-able object or raw text; more cases (sweep files, paths) add rows to CASES.
@@ -15,6 +16,10 @@ import pytest
 
 import loralab
 from loralab.headless.cli import main
+from loralab.headless.convert import ui_to_api
+from loralab.headless.execute import Executor
+from loralab.headless.graph import node_depths, validate
+from loralab.headless.ui import api_to_ui
 
 WORKFLOWS = Path(loralab.__file__).parent / "workflows"
 ESC_CLIPBOARD = "\x1b]52;c;ZXZpbA==\x07"  # OSC 52: "set the clipboard to 'evil'"
@@ -141,3 +146,66 @@ def test_the_installed_command_refuses_an_invalid_workflow_before_importing_diff
     assert "Traceback" not in done.stderr and "\x1b" not in done.stderr + done.stdout
     assert done.stdout.strip() == "imported: []"
     assert not (tmp_path / "out").exists()
+
+
+# Long chains are legitimate (ComfyUI runs graphs of any size): they must work, not crash.
+
+class Step:
+    """out = x + 1: a chain of these is as deep as it is long."""
+    CATEGORY = "test"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "f"
+    calls = 0
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("INT", {"default": 0})}}
+
+    def f(self, x):
+        Step.calls += 1
+        return (x + 1,)
+
+
+class Last(Step):
+    OUTPUT_NODE = True
+
+
+def test_a_3000_node_chain_validates_runs_caches_and_round_trips_through_the_ui_format():
+    registry = {"Step": Step, "Last": Last}
+    # Listed output first: a recursive walk would go 3000 calls deep from the first node.
+    wf = {str(i): {"class_type": "Step", "inputs": {"x": [str(i - 1), 0]}} for i in range(3000, 1, -1)}
+    wf["1"] = {"class_type": "Step", "inputs": {"x": 0}}
+    wf["3000"]["class_type"] = "Last"
+    prompt, outputs, order = validate(wf, registry)
+    assert outputs == ["3000"] and order == [str(i) for i in range(1, 3001)]
+    assert node_depths(prompt)["3000"] == 2999
+    executor = Executor(registry, show_progress=False)
+    Step.calls = 0
+    assert executor.run(prompt, order).outputs["3000"] == [[3000]] and Step.calls == 3000
+    assert executor.run(prompt, order).executed == ["3000"]  # the whole chain's keys are found again
+    back = ui_to_api(api_to_ui(prompt, registry), registry)
+    assert {k: v["inputs"] for k, v in back.items()} == {k: v["inputs"] for k, v in prompt.items()}
+
+
+def test_the_cli_accepts_a_3000_node_chain_in_both_formats(tmp_path, capsys):
+    wf = {"9": {"class_type": "LoRALabSaveScores", "inputs": {"scores": ["3099", 0], "filename_prefix": "s",
+                                                              "format": "csv"}}}
+    wf.update({str(100 + i): {"class_type": "LoRALabCombineScores",
+                              "inputs": {"scores_1": [str(99 + i) if i else "5", 0 if i else 1], "how": "outer"}}
+               for i in range(2999, -1, -1)})  # output first, as in the in-process chain above
+    wf.update(quickstart())
+    api, ui = tmp_path / "chain.json", tmp_path / "chain.ui.json"
+    api.write_text(json.dumps(wf))
+    ui.write_text(json.dumps(api_to_ui(wf, loralab.NODE_CLASS_MAPPINGS)))
+    for path in (api, ui):
+        assert main(["run", str(path), "--check"]) == 0
+        assert capsys.readouterr().out == "valid: 3009 nodes to run for 3 output(s)\n"
+    assert main(["convert", str(ui), "-o", str(tmp_path / "back.json")]) == 0
+    assert json.loads((tmp_path / "back.json").read_text())["9"]["inputs"]["scores"] == ["3099", 0]
+
+
+def test_10000_chained_reroutes_convert_to_one_link(tmp_path):
+    path = tmp_path / "reroutes.ui.json"
+    path.write_text(json.dumps(reroute_chain(10000, "IMAGE")))
+    assert main(["convert", str(path), "-o", str(tmp_path / "api.json")]) == 0
+    assert json.loads((tmp_path / "api.json").read_text())["2"]["inputs"]["images"] == ["1", 0]

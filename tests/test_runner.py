@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -440,3 +441,79 @@ def test_lcm_lora_workflow_distills_and_times_seed_001s_models(tmp_path):
     assert speed["embedded: tiny-sd + flickr-lcm-lora"]["sampler"] == "lcm"
     assert speed["embedded: tiny-sd + flickr-lcm-lora"]["steps"] == "4"
     assert all(float(r["mean"]) > 0 for r in speed.values())
+
+
+class Floats:
+    CATEGORY = "test"
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "f"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("FLOAT", {"default": 0.0, "min": -1.0, "max": 1.0}),
+                             "y": ("FLOAT", {"default": 0.0, "allow_nonfinite": True})}}
+
+
+@pytest.mark.parametrize("value", [float("nan"), "nan", float("inf"), "-Infinity", 1e999])
+def test_non_finite_floats_are_refused_unless_the_input_declares_it_accepts_them(value):
+    registry = {"Floats": Floats}
+    with pytest.raises(WorkflowError) as info:
+        validate({"1": {"class_type": "Floats", "inputs": {"x": value, "y": 0.0}}}, registry)
+    (err,) = info.value.node_errors["1"]["errors"]
+    assert err["type"] == "invalid_input_type" and err["extra_info"]["input_name"] == "x"
+    assert "not a finite number" in err["message"] and "from -1.0 to 1.0" in err["details"]
+    prompt, _, _ = validate({"1": {"class_type": "Floats", "inputs": {"x": 0.5, "y": value}}}, registry)
+    assert not math.isfinite(prompt["1"]["inputs"]["y"])
+
+
+def test_set_refuses_an_input_the_node_does_not_declare_and_names_the_valid_ones(tmp_path, capsys):
+    assert run_cli(tmp_path, quickstart(), "--check", "--set", "Generate A.stepz=5") == 2
+    err = capsys.readouterr().err
+    assert "node 5 (LoRALabGenerate, 'Generate A') has no input 'stepz'" in err
+    assert "its inputs: pipeline, sampler, prompts, negative_prompt, steps, cfg, seed" in err
+    # In a workflow file an undeclared input is ignored, as ComfyUI ignores it.
+    prompt, _, _ = validate(broken(lambda wf: wf["5"]["inputs"].update(stepz=5)), loralab.NODE_CLASS_MAPPINGS)
+    assert "stepz" not in prompt["5"]["inputs"]
+
+
+class Anything:
+    CATEGORY = "test"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "f"
+    OUTPUT_NODE = True
+    seen = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"x": ("*", {})}}
+
+    def f(self, x):
+        Anything.seen.append(x)
+        return (1,)
+
+
+def test_a_list_constant_stays_a_constant_and_is_never_run_as_a_link():
+    registry = {"Anything": Anything}
+    wf = {"1": {"class_type": "Anything", "inputs": {"x": 3}},
+          "2": {"class_type": "Anything", "inputs": {"x": {"__value__": ["1", 0]}}}}
+    prompt, _, order = validate(wf, registry)
+    assert prompt["2"]["inputs"]["x"] == {"__value__": ["1", 0]}
+    assert validate(prompt, registry)[0] == prompt  # validating again changes nothing
+    Anything.seen.clear()
+    Executor(registry, show_progress=False).run(prompt, order)
+    assert sorted(Anything.seen, key=str) == [3, ["1", 0]]
+
+
+def test_a_constant_for_an_input_only_a_node_can_feed_is_refused(tmp_path, capsys):
+    assert run_cli(tmp_path, quickstart(), "--check", "--set", '5.prompts=["1",0]') == 2
+    err = capsys.readouterr().err
+    assert "Input of type LL_PROMPTS must be linked to a node's output: prompts, ['1', 0]" in err
+
+
+def test_progress_bars_escape_control_characters_of_node_ids(capsys):
+    prompt, _, order = validate({"\x1b]52;c;ZXZpbA==\x07": {"class_type": "Probe", "inputs": {"x": 1}}},
+                                {"Probe": Probe})
+    Executor({"Probe": Probe}, show_progress=True).run(prompt, order)
+    err = capsys.readouterr().err
+    assert "\\x1b]52;c;ZXZpbA==\\x07:Probe" in err and "\x1b" not in err
