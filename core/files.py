@@ -38,8 +38,8 @@ def relative_parts(name: str) -> list[str]:
     if (not text or text.startswith("/") or re.match(r"^[A-Za-z]:", text)
             or any(p in ("", ".", "..") for p in parts) or "\x00" in text):
         raise UnsafePathError(
-            f"{name!r} must be a relative name such as 'loralab' or 'experiment/img' inside the output "
-            "folder (no absolute path, no '..', no empty parts)")
+            f"{name!r} must be a relative name such as 'loralab' or 'experiment/img' (no absolute path, "
+            "no '..', no empty parts)")
     return parts
 
 
