@@ -171,12 +171,12 @@ class LoRALabApplyLoRA:
                                         "tooltip": "Multiplier of the UNet update (0 = base model)."}),
             "text_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                         "tooltip": "Multiplier of the text-encoder update."}),
-        }}
         }, "optional": {
             "dora_norm": (list(DORA_NORMS), {"default": "peft", "tooltip":
                           "DoRA LoRAs only. peft: m*(W+dW)/||W+dW|| (the paper, peft, diffusers, training). "
                           "comfyui: m*(W+dW)/||W||, what ComfyUI 0.8 computes (an open upstream bug), to see "
                           "a DoRA LoRA as ComfyUI shows it."}),
+        }}
 
     def apply(self, pipeline, lora, unet_strength, text_strength, dora_norm="peft"):
         from ..core.lora_files import merged_copy
