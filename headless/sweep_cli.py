@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import NodeExecutionError
+from .errors import NodeExecutionError, printable
 from .results import read_records, write_record, write_tables
 from .sweep import expand, load_experiment, shard
 
@@ -50,8 +50,8 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         for run in runs:
             state = "done" if run.run_id in done else "pending"
-            print(f"{run.run_id}  {state:7}  r{run.repeat}  " + "  ".join(f"{k}={json.dumps(v)}" for k, v in
-                                                                         run.overrides.items()))
+            print(printable(f"{run.run_id}  {state:7}  r{run.repeat}  " + "  ".join(
+                f"{k}={json.dumps(v)}" for k, v in run.overrides.items())))
         print(f"{len(runs)} runs, {sum(r.run_id in done for r in runs)} done")
         return 0
     _quiet_libraries()
@@ -71,7 +71,7 @@ def cmd_sweep(args) -> int:
             except NodeExecutionError as e:
                 failed += 1
                 record.update(status="failed", error=str(e), seconds=time.perf_counter() - start)
-                print(f"[{index}/{len(runs)}] {run.run_id} failed: {e}", file=sys.stderr)
+                print(printable(f"[{index}/{len(runs)}] {run.run_id} failed: {e}"), file=sys.stderr)
             else:
                 record.update(status="done", seconds=time.perf_counter() - start, images=images,
                               executed=result.executed, scores=_scores(result, prompt, registry),

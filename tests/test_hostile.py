@@ -209,3 +209,12 @@ def test_10000_chained_reroutes_convert_to_one_link(tmp_path):
     path.write_text(json.dumps(reroute_chain(10000, "IMAGE")))
     assert main(["convert", str(path), "-o", str(tmp_path / "api.json")]) == 0
     assert json.loads((tmp_path / "api.json").read_text())["2"]["inputs"]["images"] == ["1", 0]
+
+
+def test_a_sweep_listing_escapes_control_characters_of_node_titles(tmp_path, capsys):
+    csi = "\x9b31m"  # the 8-bit CSI (a C1 control), which TOML allows in a quoted key
+    (tmp_path / "wf.json").write_text(json.dumps(quickstart(lambda wf: wf["5"]["_meta"].update(title=csi))))
+    (tmp_path / "exp.toml").write_text(f'workflow = "wf.json"\n[axes]\n"{csi}.steps" = [2, 3]\n', encoding="utf-8")
+    assert main(["sweep", str(tmp_path / "exp.toml"), "-o", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\\x9b31m.steps=") == 2 and "\x9b" not in out
