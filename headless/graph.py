@@ -139,7 +139,7 @@ def apply_overrides(prompt, overrides: list[str], registry: Registry) -> dict:
         node = resolve_node(prompt, node, context)
         cls = registry.get(prompt[node]["class_type"])  # an unknown class is validation's error
         if cls is not None and name not in declared_names(cls):
-            label = node_label(node, prompt[node]["class_type"], _title(prompt, node))
+            label = node_label(node, prompt[node]["class_type"], title_of(prompt, node))
             raise invalid_prompt(f"{context}: {label} has no input {name!r}",
                                  f"its inputs: {', '.join(declared_names(cls))}")
         if isinstance(value, list):
@@ -148,7 +148,7 @@ def apply_overrides(prompt, overrides: list[str], registry: Registry) -> dict:
     return prompt
 
 
-def _title(prompt: dict, node_id: str) -> str | None:
+def title_of(prompt: dict, node_id: str) -> str | None:
     meta = prompt[node_id].get("_meta")
     title = meta.get("title") if isinstance(meta, dict) else None
     return title if isinstance(title, str) else None
@@ -340,5 +340,5 @@ def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
     if node_errors:
         details = "\n".join(f"{e['message']}: {e['details']}" for n in node_errors.values() for e in n["errors"])
         raise WorkflowError(_error("prompt_outputs_failed_validation", "Prompt outputs failed validation",
-                                   details), node_errors, {n: _title(prompt, n) for n in node_errors})
+                                   details), node_errors, {n: title_of(prompt, n) for n in node_errors})
     return prompt, outputs, needed_nodes(prompt, outputs)

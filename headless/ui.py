@@ -6,7 +6,9 @@ a headless run, so dragging such a PNG into ComfyUI restores an editable graph.
 
 from __future__ import annotations
 
-from .graph import node_depths
+import itertools
+
+from .graph import node_depths, title_of
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 SEED_NAMES = ("seed", "noise_seed")  # INTs the editor gives a control unless the node says otherwise
@@ -37,12 +39,21 @@ def declared_inputs(cls) -> list[tuple[str, object, dict]]:
             for category in ("required", "optional") for name, s in spec.get(category, {}).items()]
 
 
+def litegraph_ids(prompt: dict) -> dict[str, int]:
+    """LiteGraph's node ids are numbers: an API id that is one keeps it, any other ("10:5" from a
+    subgraph, a name) takes the next free number."""
+    numeric = {n: int(n) for n in prompt if n.isascii() and n.isdigit() and str(int(n)) == n}
+    free = (i for i in itertools.count(1) if i not in numeric.values())
+    return {n: numeric[n] if n in numeric else next(free) for n in prompt}
+
+
 def api_to_ui(prompt: dict, registry: dict) -> dict:
     depths = node_depths(prompt)
+    ids = litegraph_ids(prompt)
     column_y: dict[int, int] = {}
     nodes, links = [], []
-    outputs_links: dict[tuple[str, int], list[int]] = {}
-    for order, node_id in enumerate(sorted(prompt, key=lambda n: (depths[n], int(n) if n.isdigit() else n))):
+    outputs_links: dict[tuple[int, int], list[int]] = {}
+    for order, node_id in enumerate(sorted(prompt, key=lambda n: (depths[n], ids[n]))):
         node = prompt[node_id]
         cls = registry[node["class_type"]]
         inputs, widgets = [], []
@@ -52,8 +63,8 @@ def api_to_ui(prompt: dict, registry: dict) -> dict:
             linked = isinstance(value, list)
             if linked:
                 link_id = len(links) + 1
-                links.append([link_id, int(value[0]), value[1], int(node_id), len(inputs), type_name])
-                outputs_links.setdefault((value[0], value[1]), []).append(link_id)
+                links.append([link_id, ids[value[0]], value[1], ids[node_id], len(inputs), type_name])
+                outputs_links.setdefault((ids[value[0]], value[1]), []).append(link_id)
             if not is_widget(kind):
                 inputs.append({"name": name, "type": type_name, "link": links[-1][0] if linked else None})
                 continue
@@ -70,18 +81,18 @@ def api_to_ui(prompt: dict, registry: dict) -> dict:
         height = LINE * (max(len(inputs), len(cls.RETURN_TYPES)) + len(widgets)) + TEXTBOX * multiline + 20
         y = column_y.get(depth, 50)
         column_y[depth] = y + height + GAP
-        entry = {"id": int(node_id), "type": node["class_type"], "pos": [50 + depth * COLUMN, y],
+        entry = {"id": ids[node_id], "type": node["class_type"], "pos": [50 + depth * COLUMN, y],
                  "size": [320, height], "flags": {}, "order": order, "mode": 0,
                  "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
                  "widgets_values": widgets}
-        title = node.get("_meta", {}).get("title")
+        title = title_of(prompt, node_id)
         if title:
             entry["title"] = title
         nodes.append(entry)
     for entry in nodes:
         cls = registry[entry["type"]]
         names = getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)
-        entry["outputs"] = [{"name": names[i], "type": t, "links": outputs_links.get((str(entry["id"]), i), []),
+        entry["outputs"] = [{"name": names[i], "type": t, "links": outputs_links.get((entry["id"], i), []),
                              "slot_index": i} for i, t in enumerate(cls.RETURN_TYPES)]
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": nodes,
             "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 1, "offset": [0, 0]}},

@@ -218,3 +218,22 @@ def test_a_sweep_listing_escapes_control_characters_of_node_titles(tmp_path, cap
     assert main(["sweep", str(tmp_path / "exp.toml"), "-o", str(tmp_path / "out"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("\\x9b31m.steps=") == 2 and "\x9b" not in out
+
+
+def test_api_ids_that_are_not_numbers_and_odd_meta_still_give_an_editor_graph():
+    """ComfyUI accepts any string ids ("10:5" from subgraphs, names); LiteGraph needs numbers. The
+    editor graph a headless run embeds in its PNGs takes free numbers for them."""
+    wf = quickstart()
+    renamed = {k: f"10:{k}" if k in ("1", "5") else k for k in wf}
+    wf = {renamed[k]: {**v, "inputs": {n: [renamed[x[0]], x[1]] if isinstance(x, list) else x
+                                       for n, x in v["inputs"].items()}} for k, v in wf.items()}
+    wf["10:5"]["_meta"] = ["not", "an", "object"]
+    prompt, _, _ = validate(wf, loralab.NODE_CLASS_MAPPINGS)
+    ui = api_to_ui(prompt, loralab.NODE_CLASS_MAPPINGS)
+    ids = {n["id"] for n in ui["nodes"]}
+    assert len(ids) == len(wf) and all(isinstance(i, int) for i in ids) and {2, 3, 4, 6, 7, 8} <= ids
+    back = ui_to_api(ui, loralab.NODE_CLASS_MAPPINGS, loralab.NODE_DISPLAY_NAME_MAPPINGS)
+    loader = next(n["id"] for n in ui["nodes"] if n["type"] == "LoRALabLoadPipeline")
+    generate_a = next(n["id"] for n in ui["nodes"] if n["type"] == "LoRALabGenerate" and "title" not in n)
+    assert back[str(generate_a)]["inputs"]["pipeline"] == [str(loader), 0]
+    assert back["7"]["inputs"]["images"] == [str(generate_a), 0]
