@@ -46,7 +46,7 @@ def record(url: str, chromium: str, shots: Path | None) -> int:
     failures = 0
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1900, "height": 1100})
+        page = browser.new_page(viewport={"width": 2400, "height": 1400})
         page.goto(url)
         page.wait_for_function("window.app && window.app.graph && window.app.canvas", timeout=120_000)
         page.wait_for_timeout(2000)  # let the extensions finish registering
@@ -62,7 +62,11 @@ def record(url: str, chromium: str, shots: Path | None) -> int:
             failures += bool(result["broken"])
             if shots:
                 shots.mkdir(parents=True, exist_ok=True)
-                page.evaluate("() => window.app.canvas.fitViewToSelectionAnimated({duration: 1})")
+                page.evaluate("""() => {  // full detail at any zoom, the whole graph in view
+                    window.app.canvas._min_font_size_for_lod = 0;
+                    window.app.canvas.updateLowQualityThreshold();
+                    window.app.canvas.fitViewToSelectionAnimated({duration: 1});
+                }""")
                 page.wait_for_timeout(500)
                 page.screenshot(path=str(shots / f"{name}.png"))
         browser.close()
