@@ -329,6 +329,20 @@ def reference_index(family: str) -> dict[str, tuple[str, str]]:
     return module_index(SimpleNamespace(**parts))
 
 
+def _peft_magnitude(dora_scale: torch.Tensor, conv: bool) -> torch.Tensor:
+    """peft's DoRA magnitude shape: [out] for a Linear layer, [1, out, 1, 1] for a Conv2d."""
+    magnitude = dora_scale.flatten()
+    return magnitude.reshape(1, -1, 1, 1) if conv else magnitude
+
+
+def _magnitude_key(component: str, path: str) -> str:
+    """peft writes ``<module>.lora_magnitude_vector`` and adds ``.weight`` when loading; transformers
+    (5.x), which loads diffusers' text-encoder LoRAs, does not, and would leave the magnitude at its
+    initial value. ``….lora_magnitude_vector.weight`` loads through both, so text encoders get it."""
+    suffix = "" if component == "unet" else ".weight"
+    return f"{component}.{path}.lora_magnitude_vector{suffix}"
+
+
 def to_diffusers(kohya: dict[str, torch.Tensor], family: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """kohya tensors -> diffusers/peft layout (``unet.<module>.lora_A.weight``, ``text_encoder…``,
     DoRA ``…lora_magnitude_vector``) with the peft config per component in ``lora_adapter_metadata``,
@@ -348,7 +362,7 @@ def to_diffusers(kohya: dict[str, torch.Tensor], family: str) -> tuple[dict[str,
         out[f"{component}.{path}.lora_A.weight"] = down
         out[f"{component}.{path}.lora_B.weight"] = kohya[f"{name}.lora_up.weight"]
         if f"{name}.dora_scale" in kohya:
-            out[f"{component}.{path}.lora_magnitude_vector"] = kohya[f"{name}.dora_scale"].flatten()
+            out[_magnitude_key(component, path)] = _peft_magnitude(kohya[f"{name}.dora_scale"], down.ndim == 4)
         rank = down.shape[0]
         alpha = float(kohya.get(f"{name}.alpha", torch.tensor(float(rank))))
         config.setdefault(component, []).append((path, rank, alpha, f"{name}.dora_scale" in kohya))

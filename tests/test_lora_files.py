@@ -337,3 +337,34 @@ def test_apply_lora_dora_norm_comfyui_merges_by_the_base_weights_norm(tiny):
         expected = w + 0.7 * (m * (w + deltas[key].reshape(w.shape)) / norm - w)
         torch.testing.assert_close(ours[name].weight, expected, atol=1e-6, rtol=1e-5)
         assert not torch.allclose(theirs[name].weight, expected, atol=1e-4)
+
+
+def test_a_dora_file_in_diffusers_layout_loads_in_diffusers_for_every_target_kind(tiny, tmp_path):
+    """Attention and feed-forward Linear layers, 3x3 and 1x1 convolutions and the text encoder: diffusers'
+    ``load_lora_weights`` takes our diffusers-layout DoRA file, and its fused weights equal ours."""
+    from loralab.core.lora_files import merged_copy, to_diffusers
+
+    unet, te = tiny.pipe.unet, tiny.pipe.text_encoder
+    unet_state, _ = _peft_merged(unet, resolve_targets(unet, "all_linear+conv"), 4, 8.0, 5, use_dora=True)
+    te_state, _ = _peft_merged(te, resolve_targets(te, "all_linear", text_encoder=True), 2, 2.0, 6, use_dora=True)
+    kohya = {**to_kohya(unet_state, 8.0), **to_kohya(te_state, 2.0, "lora_te")}
+    tensors, metadata = to_diffusers(kohya, "sd1")
+    path = save_lora_file(tensors, {**kohya_metadata(4, 8.0, "sd1"), **metadata}, tmp_path / "dora.safetensors")
+    pipe = copy.deepcopy(tiny.pipe)
+    pipe.load_lora_weights(str(path), adapter_name="dora")
+    pipe.fuse_lora(lora_scale=1.0)
+    ours, _ = merged_copy(tiny.pipe, kohya, 1.0, 1.0)
+    kinds = set()
+    for component, prefix in (("unet", "lora_unet"), ("text_encoder", "lora_te")):
+        merged = dict(getattr(ours, component).named_modules())
+        for name, module in getattr(pipe, component).named_modules():
+            if f"{kohya_name(name, prefix)}.dora_scale" in kohya:
+                fused = module.base_layer.weight if hasattr(module, "base_layer") else module.weight
+                torch.testing.assert_close(fused.detach(), merged[name].weight, atol=1e-5, rtol=1e-5)
+                kinds.add((component, fused.ndim, tuple(fused.shape[2:]), "attn" in name or "self_attn" in name))
+    assert {(c, n, k) for c, n, k, _ in kinds} >= {("unet", 2, ()), ("unet", 4, (3, 3)), ("unet", 4, (1, 1)),
+                                                   ("text_encoder", 2, ())}
+    assert ("unet", 2, (), True) in kinds and ("unet", 2, (), False) in kinds  # attention and feed-forward
+    assert len([k for k in kohya if k.endswith(".dora_scale")]) == sum(
+        1 for component, prefix in (("unet", "lora_unet"), ("text_encoder", "lora_te"))
+        for name, _ in getattr(pipe, component).named_modules() if f"{kohya_name(name, prefix)}.dora_scale" in kohya)
