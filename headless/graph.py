@@ -116,6 +116,7 @@ def _post_order(prompt: dict, roots) -> tuple[list[str], list[str] | None]:
 def node_depths(prompt: dict) -> dict[str, int]:
     """Longest link distance of each node from a source node (0 = no inputs); a link that closes
     a loop in a malformed graph counts as a source."""
+    _check_root(prompt)
     depth: dict[str, int] = {}
     for node_id in _post_order(prompt, prompt)[0]:
         depth[node_id] = 1 + max((depth.get(s, -1) for s in _sources(prompt, node_id)), default=-1)
@@ -292,10 +293,14 @@ def _custom_validation(custom, spec, node: dict, received_types: dict) -> list[d
             for name in (kwargs or {"": None})]
 
 
-def _check_shape(prompt) -> None:
+def _check_root(prompt) -> None:
     if not isinstance(prompt, dict):
         raise invalid_prompt("The workflow must be a JSON object of nodes "
                              "({\"id\": {\"class_type\": ..., \"inputs\": {...}}})")
+
+
+def _check_shape(prompt) -> None:
+    _check_root(prompt)
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
             raise invalid_prompt("Cannot execute because a node is missing the class_type property.",

@@ -3,7 +3,8 @@ wrong, prints no traceback and no raw terminal control character, and writes no 
 very long chains, which are legitimate, run without hitting Python's recursion limit.
 
 Each case is (command, workflow file content, extra arguments, text the message must contain).
-Content is a JSON-able object or raw text; more cases (sweep files, paths) add rows to CASES.
+Content is a JSON-able object or raw text, written to input.json; for ``sweep`` the first extra
+argument is the experiment TOML (its ``workflow = "input.json"``). More cases add rows to CASES.
 """
 
 import json
@@ -105,6 +106,11 @@ CASES = {
                                 "slot -5"),
     "ui_negative_origin_slot": ("run", save_image_fed_by("IMAGE", origin_slot=-1), [], "slot -1"),
     "ui_10000_reroutes_of_the_wrong_type": ("run", reroute_chain(10000, "LL_PROMPTS"), [], "LL_PROMPTS"),
+    # sweeps
+    "sweep_of_a_list_root_workflow": ("sweep", [1, 2], ['workflow = "input.json"\n[axes]\n"5.steps" = [1, 2]\n'],
+                                      "JSON object"),
+    "sweep_axis_typo": ("sweep", quickstart(), ['workflow = "input.json"\n[axes]\n"5.stepz" = [1, 2]\n',
+                                                "--dry-run"], "has no input 'stepz'"),
 }
 
 
@@ -118,9 +124,13 @@ def test_hostile_input_exits_2_with_a_clean_message_and_writes_nothing(tmp_path,
     monkeypatch.chdir(tmp_path)  # relative default paths would land here
     path = tmp_path / "input.json"
     path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    if command == "sweep":
+        path = tmp_path / "experiment.toml"
+        path.write_text(args[0], encoding="utf-8")
+        args = args[1:]
     before = files_under(tmp_path)
     out_arg = ["-o", str(tmp_path / "out" / ("api.json" if command == "convert" else ""))]
-    rc = main([command, str(path), *out_arg, *(["-q"] if command == "run" else []), *args])
+    rc = main([command, str(path), *out_arg, *(["-q"] if command != "convert" else []), *args])
     out, err = capsys.readouterr()
     shown = out + err
     assert rc == 2, shown
