@@ -61,6 +61,15 @@ def test_ui_file_converts_exactly_as_comfyuis_frontend_does(ui_path):
     assert ui_to_api(load(ui_path), registry, names) == load(frontend_copy(ui_path))
 
 
+@pytest.mark.parametrize("ui_path", UI_FILES, ids=lambda p: p.name)
+def test_a_file_saved_by_the_editor_converts_as_the_editor_runs_it(ui_path):
+    """The same graphs as the editor itself saves them (graphToPrompt()'s workflow part, recorded
+    with its output): the 1.35.9 format with widget sockets on every input and null fields."""
+    registry, names = registry_for(ui_path)
+    saved = DATA / ui_path.name.replace(".ui.json", ".editor-saved.json")
+    assert ui_to_api(load(saved), registry, names) == load(frontend_copy(ui_path))
+
+
 @pytest.mark.parametrize("ui_path", sorted(WORKFLOWS.glob("*.ui.json")), ids=lambda p: p.name)
 def test_shipped_api_workflow_is_what_the_editor_sends_for_its_ui_twin(ui_path):
     assert load(ui_path.with_name(ui_path.name.replace(".ui.json", ".json"))) == load(frontend_copy(ui_path))

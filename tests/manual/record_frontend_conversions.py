@@ -10,7 +10,8 @@ from the real frontend, never from our code. How they were made:
 
 For every ``workflows/*.ui.json`` and ``tests/data/ui/*.ui.json`` the editor loads the file
 (``app.loadGraphData``), then ``app.graphToPrompt()`` converts it exactly as pressing Run would;
-its ``output`` part is written to ``tests/data/ui/<name>.frontend.api.json``. A screenshot of the
+its ``output`` part is written to ``tests/data/ui/<name>.frontend.api.json`` and its ``workflow``
+part (the graph as the editor saves it) to ``tests/data/ui/<name>.editor-saved.json``. A screenshot of the
 loaded graph goes to ``--shots``. A ``<name>.object_info.json`` beside a UI file declares node
 types that exist only for a test (registered in the editor before loading it). Nodes the editor could not build (missing types) are printed and
 make the script exit 1.
@@ -31,8 +32,9 @@ LOAD_AND_CONVERT = """async ([graph, name, defs]) => {
     await window.app.loadGraphData(graph, true, true, name, {showMissingNodesDialog: false,
                                                             showMissingModelsDialog: false});
     const broken = window.app.graph.nodes.filter(n => n.has_errors).map(n => `${n.id} ${n.type}`);
-    const {output} = await window.app.graphToPrompt();
-    return {output, broken, frontend: window.__COMFYUI_FRONTEND_VERSION__ ?? null};
+    const {workflow, output} = await window.app.graphToPrompt();
+    // JSON text, as the editor saves and sends it (undefined fields dropped, not made null)
+    return JSON.stringify({workflow, output, broken, frontend: window.__COMFYUI_FRONTEND_VERSION__ ?? null});
 }"""
 
 
@@ -54,9 +56,11 @@ def record(url: str, chromium: str, shots: Path | None) -> int:
             name = path.name.removesuffix(".ui.json")
             defs = path.with_name(f"{name}.object_info.json")  # node types that only a test declares
             defs = json.loads(defs.read_text()) if defs.exists() else None
-            result = page.evaluate(LOAD_AND_CONVERT, [json.loads(path.read_text()), path.name, defs])
+            result = json.loads(page.evaluate(LOAD_AND_CONVERT, [json.loads(path.read_text()), path.name, defs]))
             target = DATA / f"{name}.frontend.api.json"
             target.write_text(json.dumps(result["output"], indent=2, ensure_ascii=False) + "\n")
+            saved = DATA / f"{name}.editor-saved.json"  # the file as the editor would save it
+            saved.write_text(json.dumps(result["workflow"], indent=1, ensure_ascii=False) + "\n")
             print(f"{path.relative_to(ROOT)} -> {target.relative_to(ROOT)}: {len(result['output'])} nodes, "
                   f"frontend {result['frontend']}, broken nodes: {result['broken'] or 'none'}")
             failures += bool(result["broken"])
