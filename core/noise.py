@@ -105,8 +105,11 @@ def loss_weight(kind: str, snr_t: torch.Tensor, prediction: str = "epsilon", gam
 
     mse:      1
     snr:      SNR/(1 + SNR) = ᾱ_t  (bounded SNR weighting: high-noise steps count less)
-    min_snr:  ε: min(SNR, γ)/SNR;  v: min(SNR, γ)/(SNR + 1)  (Hang et al. 2023; γ = 5 usual)
-    debiased: ε: 1/√min(SNR, 1000);  v: 1/√(min(SNR, 1000) + 1)  (kohya's debiased estimation)
+    min_snr:  ε: min(SNR, γ)/SNR = min(1, γ/SNR);  v: min(SNR, γ)/(SNR + 1)  (Hang et al. 2023; γ = 5
+              usual). The second ε form is 1 at SNR = 0 (zero terminal SNR's last step), the limit of the
+              first, which computed as written is 0/0.
+    debiased: ε: 1/√min(SNR, 1000);  v: 1/√(min(SNR, 1000) + 1)  (kohya's debiased estimation); the ε
+              form has no finite value at SNR = 0 (:func:`unsupported_combination`)
     """
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction type {prediction!r} is not one of {', '.join(PREDICTIONS)}")
@@ -116,7 +119,7 @@ def loss_weight(kind: str, snr_t: torch.Tensor, prediction: str = "epsilon", gam
     if kind == "snr":
         return snr_t / (1 + snr_t)
     if kind == "min_snr":
-        return snr_t.clamp(max=gamma) / (snr_t + 1 if v else snr_t)
+        return snr_t.clamp(max=gamma) / (snr_t + 1) if v else (gamma / snr_t).clamp(max=1)
     if kind == "debiased":
         clipped = snr_t.clamp(max=1000)
         return 1 / (clipped + 1 if v else clipped).sqrt()
@@ -147,6 +150,17 @@ def target_for(prediction: str, latents: torch.Tensor, noise: torch.Tensor, alph
     return a.sqrt() * noise - (1 - a).sqrt() * latents
 
 
+def unsupported_combination(loss_weighting: str, prediction: str, zero_terminal_snr: bool) -> str | None:
+    """Why these settings cannot train, or None. Zero terminal SNR makes SNR = 0 at the last timestep,
+    where debiased ε weighting 1/√SNR is infinite (the loss becomes NaN); Lin et al. 2023 pair zero
+    terminal SNR with v prediction, whose weight 1/√(SNR + 1) is 1 there."""
+    if zero_terminal_snr and loss_weighting == "debiased" and prediction == "epsilon":
+        return ("loss_weighting 'debiased' with prediction 'epsilon' and zero_terminal_snr on weighs the last "
+                "timestep (SNR = 0) by 1/sqrt(0): use prediction 'v_prediction', another loss_weighting, or "
+                "zero_terminal_snr off")
+    return None
+
+
 @dataclass(frozen=True)
 class NoiseStrategy:
     """``LL_NOISE``: how training noises latents and weighs the loss."""
@@ -165,6 +179,11 @@ class NoiseStrategy:
     prediction: str = "epsilon"
     noise_offset: float = 0.0
     input_perturbation: float = 0.0
+
+    def __post_init__(self):
+        problem = unsupported_combination(self.loss_weighting, self.prediction, self.zero_terminal_snr)
+        if problem:
+            raise ValueError(problem)
 
     def betas(self, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
         betas = betas_for(self.beta_schedule, T, beta_start, beta_end)

@@ -26,8 +26,9 @@ class LoRALabNoiseStrategy:
                                   "noise / detail); high_noise: t >= split; low_noise: t < split; "
                                   "range: t_min..t_max; logit_normal: t = T*sigmoid(N(mean, std))."}),
             "loss_weighting": (list(LOSS_WEIGHTS), {"default": "mse", "tooltip":
-                               "mse: plain; snr: SNR/(1+SNR); min_snr: min(SNR, gamma)/SNR "
-                               "(v: /(SNR+1), Hang et al. 2023); debiased: 1/sqrt(SNR) (kohya)."}),
+                               "mse: plain; snr: SNR/(1+SNR); min_snr: min(SNR, gamma)/SNR = min(1, "
+                               "gamma/SNR) (v: /(SNR+1), Hang et al. 2023); debiased: 1/sqrt(SNR) (kohya; "
+                               "with epsilon, not with zero_terminal_snr, where SNR reaches 0)."}),
             "prediction": (list(PREDICTIONS), {"default": "epsilon", "tooltip":
                            "What the model predicts: epsilon (SD1.x/SDXL) or v (v-prediction)."}),
         }, "optional": {
@@ -50,8 +51,24 @@ class LoRALabNoiseStrategy:
                                    "Perturbs the noise that builds x_t (not the target); 0.1 in Ning et al."}),
             "zero_terminal_snr": ("BOOLEAN", {"default": False, "tooltip":
                                   "Rescale betas so the last step is pure noise (Lin et al. 2023); "
-                                  "best with v prediction."}),
+                                  "best with v prediction. SNR is 0 at the last step: min_snr weighs it 1 "
+                                  "(epsilon) or 0 (v); debiased with epsilon is refused (1/sqrt(0))."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, loss_weighting=None, prediction=None, zero_terminal_snr=False):
+        """Refuses, before anything runs, settings that cannot train. Linked inputs arrive as None and are
+        checked when the node runs. Naming an input here turns off ComfyUI's own list check for it, so
+        that check is repeated."""
+        from ..core.noise import unsupported_combination
+
+        for name, value, valid in (("loss_weighting", loss_weighting, LOSS_WEIGHTS),
+                                   ("prediction", prediction, PREDICTIONS)):
+            if value is not None and value not in valid:
+                return f"input '{name}' = {value!r} is not one of {', '.join(valid)}"
+        if None in (loss_weighting, prediction, zero_terminal_snr):
+            return True
+        return unsupported_combination(loss_weighting, prediction, bool(zero_terminal_snr)) or True
 
     def build(self, beta_schedule, timestep_sampling, loss_weighting, prediction, **options):
         from ..core.noise import NoiseStrategy
@@ -59,8 +76,11 @@ class LoRALabNoiseStrategy:
         if timestep_sampling == "range" and options.get("t_min", 0) > options.get("t_max", 999):
             raise ValueError(f"LoRA Lab: Noise Strategy: t_min ({options['t_min']}) is above t_max "
                              f"({options['t_max']})")
-        return (NoiseStrategy(beta_schedule=beta_schedule, timestep_sampling=timestep_sampling,
-                              loss_weighting=loss_weighting, prediction=prediction, **options),)
+        try:
+            return (NoiseStrategy(beta_schedule=beta_schedule, timestep_sampling=timestep_sampling,
+                                  loss_weighting=loss_weighting, prediction=prediction, **options),)
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Noise Strategy: {e}") from None
 
 
 class LoRALabLoRAConfig:

@@ -162,3 +162,46 @@ def test_lora_config_node_checks_what_would_train_nothing():
         LoRALabLoRAConfig().build(8, 8.0, "custom")
     with pytest.raises(ValueError, match="nothing to train"):
         LoRALabLoRAConfig().build(8, 8.0, "attention", train_unet=False)
+
+
+ZERO_TERMINAL = noise.snr(noise.alphas_cumprod(noise.rescale_zero_terminal_snr(noise.betas_for("scaled_linear"))))
+
+
+def test_min_snr_on_epsilon_is_one_where_zero_terminal_snr_makes_the_snr_zero():
+    """min(SNR, γ)/SNR = min(1, γ/SNR) → 1 as SNR → 0 (0/0 computed literally gave NaN losses)."""
+    assert ZERO_TERMINAL[-1] == 0
+    weights = noise.loss_weight("min_snr", ZERO_TERMINAL, "epsilon", 5.0)
+    assert weights[-1] == 1 and torch.isfinite(weights).all()
+    positive = ZERO_TERMINAL[:-1]
+    torch.testing.assert_close(weights[:-1], torch.minimum(positive, torch.full_like(positive, 5.0)) / positive)
+    assert noise.loss_weight("min_snr", ZERO_TERMINAL, "v_prediction")[-1] == 0  # min(0, γ)/(0 + 1)
+
+
+def test_debiased_epsilon_weighting_with_zero_terminal_snr_is_refused_at_validation(tmp_path, capsys):
+    """1/√SNR has no finite value at SNR = 0: refused with the node, the inputs and what works instead."""
+    import json
+    from pathlib import Path
+
+    import loralab
+    from loralab.headless.cli import main
+    from loralab.nodes.train import LoRALabNoiseStrategy
+
+    with pytest.raises(ValueError, match="debiased.*epsilon.*zero_terminal_snr"):
+        noise.NoiseStrategy(loss_weighting="debiased", zero_terminal_snr=True)
+    assert noise.NoiseStrategy(loss_weighting="debiased", zero_terminal_snr=True, prediction="v_prediction")
+    assert torch.isfinite(noise.loss_weight("debiased", ZERO_TERMINAL, "v_prediction")).all()
+    with pytest.raises(ValueError, match="LoRA Lab: Noise Strategy: .*debiased"):
+        LoRALabNoiseStrategy().build("scaled_linear", "uniform", "debiased", "epsilon", zero_terminal_snr=True)
+    check = LoRALabNoiseStrategy.VALIDATE_INPUTS
+    assert check(loss_weighting="debiased", prediction="epsilon") is True
+    assert check(loss_weighting=None, prediction="epsilon", zero_terminal_snr=True) is True  # linked: checked later
+    assert "v_prediction" in check(loss_weighting="debiased", prediction="epsilon", zero_terminal_snr=True)
+    assert "not one of" in check(loss_weighting="p2", prediction="epsilon")  # naming an input skips the list check
+    workflow = json.loads((Path(loralab.__file__).parent / "workflows" / "train_lora.json").read_text())
+    (node,) = [k for k, v in workflow.items() if v["class_type"] == "LoRALabNoiseStrategy"]
+    workflow[node]["inputs"].update(loss_weighting="debiased", prediction="epsilon", zero_terminal_snr=True)
+    (tmp_path / "wf.json").write_text(json.dumps(workflow))
+    assert main(["run", str(tmp_path / "wf.json"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"node {node} (" in err and "v_prediction" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists(), "nothing ran"

@@ -479,3 +479,10 @@ def test_the_largest_seed_the_node_allows_trains(tiny, data):
     """Noise and dropout generators are seeded with seed + k, which must wrap, not overflow."""
     result = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(steps=1, seed=0xFFFFFFFFFFFFFFFF))
     assert result.step == 1
+
+
+def test_min_snr_with_epsilon_and_zero_terminal_snr_trains_at_the_last_timestep(tiny, data):
+    """The last timestep has SNR 0 there: the ε min-SNR weight is its limit 1, not 0/0."""
+    noise = NoiseStrategy(zero_terminal_snr=True, loss_weighting="min_snr", timestep_sampling="range", t_min=999)
+    result = train_lora(tiny.pipe, data, noise, LORA, TrainSpec(steps=2, batch_size=2, seed=3))
+    assert all(torch.isfinite(torch.tensor(result.losses))) and min(result.losses) > 0
