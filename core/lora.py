@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-UNET_PRESETS = ("attention", "attention+ff", "all_linear", "all_linear+conv", "custom")
+KOHYA_CONV = "all_linear+conv (kohya)"
+UNET_PRESETS = ("attention", "attention+ff", "all_linear", "all_linear+conv", KOHYA_CONV, "custom")
+# kohya sd-scripts' LoRA network (networks/lora.py) adapts the Linear and Conv2d layers inside these
+# UNet blocks only (the last three with conv_dim), and its loader drops every other module: conv_in,
+# conv_out, time_embedding (and SDXL's add_embedding) are lost there, and in diffusers <= 0.32.
+KOHYA_UNET_BLOCKS = ("Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D")
 INITS = ("kaiming", "gaussian")  # peft: init_lora_weights=True (Kaiming-uniform A, zero B) / "gaussian"
 VARIANTS = ("lora", "dora", "rslora")
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
@@ -66,6 +71,9 @@ def resolve_targets(model, preset: str, custom: tuple[str, ...] = (), text_encod
         chosen = {n for n in linear if _matches(n, ATTENTION)}
     elif preset == "attention+ff":
         chosen = {n for n in linear if _matches(n, ATTENTION + FEED_FORWARD)}
+    elif preset == KOHYA_CONV:
+        blocks = [n for n, m in modules.items() if type(m).__name__ in KOHYA_UNET_BLOCKS]
+        chosen = {n for n in linear | conv if any(n.startswith(b + ".") for b in blocks)}
     else:
         chosen = linear | (conv if preset == "all_linear+conv" else set())
     if not chosen:

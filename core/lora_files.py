@@ -58,6 +58,28 @@ def to_kohya(peft_state: dict[str, torch.Tensor], alpha: float, prefix: str = "l
     return out
 
 
+_UNET_BLOCKS = ("lora_unet_down_blocks_", "lora_unet_mid_block_", "lora_unet_up_blocks_")
+
+
+def kohya_dropped(kohya: dict[str, torch.Tensor]) -> list[str]:
+    """UNet modules that kohya sd-scripts' loader (and every UI loading through it) and diffusers <= 0.32
+    drop silently: those outside the down/mid/up blocks (conv_in, conv_out, time_embedding, SDXL's
+    add_embedding), where kohya adapts only layers inside its block classes (core/lora.py)."""
+    return sorted(name for name in _kohya_modules(kohya)
+                  if name.startswith("lora_unet_") and not name.startswith(_UNET_BLOCKS))
+
+
+def compatibility_warning(kohya: dict[str, torch.Tensor]) -> str | None:
+    """The warning Save LoRA logs and records for a file others load only in part, or None."""
+    dropped = kohya_dropped(kohya)
+    if not dropped:
+        return None
+    return (f"{len(dropped)} of {len(_kohya_modules(kohya))} LoRA modules ({', '.join(dropped)}) are dropped "
+            "silently by kohya sd-scripts (and UIs that load through it) and diffusers <= 0.32; ComfyUI and "
+            "newer diffusers apply them. Train with targets 'all_linear+conv (kohya)' for a file that loads "
+            "the same everywhere.")
+
+
 def kohya_metadata(rank: int, alpha: float, family: str, extra: dict | None = None) -> dict[str, str]:
     """kohya's ``ss_*`` keys (strings, as safetensors metadata must be) plus our own settings."""
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),

@@ -234,7 +234,7 @@ class LoRALabSaveLoRA:
     def save(self, lora, filename_prefix, layout="kohya"):
         from ..core import runtime
         from ..core.files import UnsafePathError, relative_parts, safe_prefix_path, write_numbered
-        from ..core.lora_files import save_lora_file, to_diffusers
+        from ..core.lora_files import compatibility_warning, save_lora_file, to_diffusers
 
         root, under = runtime.write_root("loras")
         try:
@@ -247,6 +247,12 @@ class LoRALabSaveLoRA:
         except UnsafePathError as e:
             raise ValueError(f"LoRA Lab: Save LoRA: input 'filename_prefix': {e}") from None
         tensors, metadata = lora.tensors, lora.metadata
+        warning = compatibility_warning(lora.tensors)
+        if warning:  # not an error: ComfyUI and newer diffusers load the whole file
+            import logging
+
+            logging.getLogger("loralab").warning("LoRA Lab: Save LoRA: %s: %s", lora.name, warning)
+            metadata = {**metadata, "loralab_warning": warning}
         if layout == "diffusers":
             try:
                 tensors, peft_metadata = to_diffusers(tensors, lora.family)
@@ -262,7 +268,7 @@ class LoRALabSaveLoRA:
         row = {"model": f"{lora.base_model} + {lora.name}", "lora": lora.name, "rank": lora.rank, "alpha": lora.alpha,
                "trainable_parameters": lora.trainable_parameters, "train_seconds": lora.seconds,
                "train_peak_memory_mb": lora.peak_memory_mb, "file_size_bytes": lora.file_size_bytes,
-               "layout": layout, "file": path.name}
+               "layout": layout, "file": path.name, **({"warning": warning} if warning else {})}
         return {"ui": {"text": [str(path)]}, "result": (ScoreTable(("model", "lora"), [row]),)}
 
 

@@ -102,7 +102,11 @@ class LoRALabLoRAConfig:
                       "kohya's default 1; ComfyUI's trainer fixes 1)."}),
             "targets": (list(UNET_PRESETS), {"default": "attention", "tooltip":
                         "attention = to_q/to_k/to_v/to_out.0; attention+ff adds ff.net.0.proj and "
-                        "ff.net.2 (seed 002); all_linear; all_linear+conv (LoCon); custom = the list below."}),
+                        "ff.net.2 (seed 002); all_linear; all_linear+conv (LoCon): every Linear and Conv2d, "
+                        "including conv_in, conv_out and time_embedding, which kohya sd-scripts (and UIs "
+                        "loading through it) and diffusers <= 0.32 drop silently; all_linear+conv (kohya): "
+                        "the same inside the attention/resnet/up-/downsampler blocks only, as kohya trains "
+                        "LoCon, so the file loads the same everywhere; custom = the list below."}),
         }, "optional": {
             "custom_modules": ("STRING", {"default": "", "tooltip":
                                "For targets = custom: module name suffixes, comma-separated (e.g. to_q, to_v)."}),

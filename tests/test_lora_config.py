@@ -77,3 +77,42 @@ def test_a_parameter_budget_picks_the_closest_rank_and_training_reports_it(tiny)
         result = train_lora(tiny.pipe, data, NoiseStrategy(), config, TrainSpec(steps=1))
         assert result.trainable_parameters == best * per_rank[name] and result.config == fitted
     assert fit_budget(tiny.pipe, LoRAConfigSpec(rank=3)).rank == 3  # no budget: ranks as given
+
+
+def kohya_rule(unet):
+    """kohya sd-scripts networks/lora.py: Linear and Conv2d layers inside Transformer2DModel, ResnetBlock2D,
+    Downsample2D and Upsample2D modules (the last three when conv_dim is given, as LoCon needs)."""
+    from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    blocks = [n for n, m in unet.named_modules() if isinstance(m, (Transformer2DModel, ResnetBlock2D, Downsample2D,
+                                                                   Upsample2D))]
+    return sorted(n for n, m in unet.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+                  and any(n.startswith(b + ".") for b in blocks))
+
+
+OUTSIDE_KOHYA = {"conv_in", "conv_out", "time_embedding.linear_1", "time_embedding.linear_2"}
+
+
+def reference_unet(family):
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    from loralab.core.checkpoints import CONFIGS
+
+    with init_empty_weights():
+        return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS[family] / "unet"))
+
+
+def test_the_kohya_preset_adapts_what_kohya_sd_scripts_adapts_and_loads(tiny):
+    unet = tiny.pipe.unet
+    kohya = resolve_targets(unet, "all_linear+conv (kohya)")
+    assert kohya == kohya_rule(unet)
+    assert set(resolve_targets(unet, "all_linear+conv")) - set(kohya) == OUTSIDE_KOHYA
+    sd1 = reference_unet("sd1")  # issue 10 at SD1.5 size: kohya loads 326 of 330 modules (48 of the text encoder)
+    assert (len(resolve_targets(sd1, "all_linear+conv")), len(resolve_targets(sd1, "all_linear+conv (kohya)"))) \
+        == (330 - 48, 326 - 48)
+    sdxl = reference_unet("sdxl")
+    assert resolve_targets(sdxl, "all_linear+conv (kohya)") == kohya_rule(sdxl)
+    assert set(resolve_targets(sdxl, "all_linear+conv")) - set(kohya_rule(sdxl)) == OUTSIDE_KOHYA | {
+        "add_embedding.linear_1", "add_embedding.linear_2"}

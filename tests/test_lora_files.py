@@ -368,3 +368,28 @@ def test_a_dora_file_in_diffusers_layout_loads_in_diffusers_for_every_target_kin
     assert len([k for k in kohya if k.endswith(".dora_scale")]) == sum(
         1 for component, prefix in (("unet", "lora_unet"), ("text_encoder", "lora_te"))
         for name, _ in getattr(pipe, component).named_modules() if f"{kohya_name(name, prefix)}.dora_scale" in kohya)
+
+
+@pytest.mark.parametrize("preset, dropped", [
+    ("all_linear+conv", ["lora_unet_conv_in", "lora_unet_conv_out", "lora_unet_time_embedding_linear_1",
+                         "lora_unet_time_embedding_linear_2"]),
+    ("all_linear+conv (kohya)", []),
+])
+def test_saving_a_lora_kohya_would_load_in_part_warns_in_the_log_metadata_and_cost_row(tiny, output_dir, caplog,
+                                                                                      preset, dropped):
+    from loralab.core.lab_lora import LabLoRA
+    from loralab.core.lora_files import kohya_dropped
+    from loralab.nodes.lora import LoRALabSaveLoRA
+
+    kohya = to_kohya(random_lora(tiny.pipe.unet, resolve_targets(tiny.pipe.unet, preset), 2), 2.0)
+    assert kohya_dropped(kohya) == dropped
+    with caplog.at_level("WARNING", logger="loralab"):
+        saved = LoRALabSaveLoRA().save(LabLoRA(kohya, 2, 2.0, "sd1", "locon"), "w")
+    (row,) = saved["result"][0].rows
+    with safe_open(saved["ui"]["text"][0], "pt") as f:
+        note = f.metadata().get("loralab_warning")
+    if dropped:
+        assert "kohya sd-scripts" in row["warning"] and all(name in row["warning"] for name in dropped)
+        assert note == row["warning"] and row["warning"] in caplog.text
+    else:
+        assert "warning" not in row and note is None and not caplog.text
