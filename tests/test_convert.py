@@ -75,6 +75,13 @@ def test_shipped_api_workflow_is_what_the_editor_sends_for_its_ui_twin(ui_path):
     assert load(ui_path.with_name(ui_path.name.replace(".ui.json", ".json"))) == load(frontend_copy(ui_path))
 
 
+@pytest.mark.parametrize("ui_path", sorted(WORKFLOWS.glob("*.ui.json")), ids=lambda p: p.name)
+def test_what_the_editor_sends_for_each_shipped_workflow_is_valid(ui_path, capsys):
+    """Pressing Run in the editor sends the recorded copy: it validates (ComfyUI's rules), so no
+    branch is dropped for a misread widget (frontend 1.35.9 read Train Config one place off before)."""
+    assert main(["run", str(frontend_copy(ui_path)), "--check"]) == 0, capsys.readouterr().err
+
+
 def test_convert_command_writes_the_api_file(tmp_path):
     target = tmp_path / "api.json"
     assert main(["convert", str(WORKFLOWS / "train_lora.ui.json"), "-o", str(target)]) == 0
