@@ -120,7 +120,9 @@ class LoRALabLoRAConfig:
             "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01,
                                   "tooltip": "Dropout on the LoRA branch input."}),
             "variant": (list(VARIANTS), {"default": "lora", "tooltip":
-                        "lora; dora (weight-decomposed, Liu et al. 2024); rslora (scale alpha/sqrt(rank))."}),
+                        "lora; dora (weight-decomposed, Liu et al. 2024; ComfyUI 0.8 normalises by ||W|| where "
+                        "peft uses ||W+dW||, so a DoRA LoRA looks different there: Apply LoRA's dora_norm = "
+                        "comfyui shows it); rslora (scale alpha/sqrt(rank))."}),
             "parameter_budget": ("INT", {"default": 0, "min": 0, "max": 10**10, "tooltip":
                                  "> 0: ignore the ranks and pick the one rank (shared by UNet and text encoders) "
                                  "whose trainable parameter count comes closest to this (seed 003: ~3,000,000)."}),
