@@ -61,7 +61,7 @@ def _check_node(node: dict) -> None:
 
 def _widget_values(node: dict, cls) -> dict:
     values = node.get("widgets_values")
-    widgets = [(name, kind, options) for name, kind, options in declared_inputs(cls) if is_widget(kind)]
+    widgets = [(name, kind, options) for name, kind, options in declared_inputs(cls) if is_widget(kind, options)]
     if isinstance(values, dict):
         return {name: values[name] for name, _, _ in widgets if name in values}
     values = list(values or [])

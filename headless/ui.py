@@ -15,8 +15,10 @@ SEED_NAMES = ("seed", "noise_seed")  # INTs the editor gives a control unless th
 COLUMN, GAP, LINE, TEXTBOX = 380, 60, 24, 100  # layout in editor pixels
 
 
-def is_widget(kind) -> bool:
-    return isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES or kind == "COMBO"
+def is_widget(kind, options: dict) -> bool:
+    """Whether the editor draws (and saves a value for) this input: forceInput makes it a socket."""
+    return not options.get("forceInput") and (isinstance(kind, (list, tuple)) or kind in WIDGET_TYPES
+                                               or kind == "COMBO")
 
 
 def control_values(name: str, kind, options: dict) -> int:
@@ -65,7 +67,7 @@ def api_to_ui(prompt: dict, registry: dict) -> dict:
                 link_id = len(links) + 1
                 links.append([link_id, ids[value[0]], value[1], ids[node_id], len(inputs), type_name])
                 outputs_links.setdefault((ids[value[0]], value[1]), []).append(link_id)
-            if not is_widget(kind):
+            if not is_widget(kind, options):
                 inputs.append({"name": name, "type": type_name, "link": links[-1][0] if linked else None})
                 continue
             if linked:

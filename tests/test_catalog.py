@@ -29,7 +29,7 @@ def input_problems(name: str, spec: list) -> list[str]:
     problems = [] if str(options.get("tooltip", "")).strip() else [f"{name}: no tooltip"]
     control = options.get("control_after_generate")
     if kind == "INT" and name in SEED_NAMES and not isinstance(control, bool):
-        problems.append(f"{name}: a seed INT without control_after_generate (the editor would add a 'randomize' control)")
+        problems.append(f"{name}: a seed INT without control_after_generate (the editor adds a 'randomize' control)")
     if control is not None and not (combo or kind in ("INT", "FLOAT")):
         problems.append(f"{name}: control_after_generate on a {kind}, where the editor ignores it")
     if options.get("forceInput"):

@@ -11,10 +11,10 @@ from the real frontend, never from our code. How they were made:
 For every ``workflows/*.ui.json`` and ``tests/data/ui/*.ui.json`` the editor loads the file
 (``app.loadGraphData``), then ``app.graphToPrompt()`` converts it exactly as pressing Run would;
 its ``output`` part is written to ``tests/data/ui/<name>.frontend.api.json`` and its ``workflow``
-part (the graph as the editor saves it) to ``tests/data/ui/<name>.editor-saved.json``. A screenshot of the
-loaded graph goes to ``--shots``. A ``<name>.object_info.json`` beside a UI file declares node
-types that exist only for a test (registered in the editor before loading it). Nodes the editor could not build (missing types) are printed and
-make the script exit 1.
+part (the graph as the editor saves it) to ``tests/data/ui/<name>.editor-saved.json``. A
+screenshot of the loaded graph goes to ``--shots``. A ``<name>.object_info.json`` beside a UI
+file declares node types that exist only for a test (registered in the editor before loading
+it). Nodes the editor could not build (missing types) are printed and make the script exit 1.
 """
 
 from __future__ import annotations
