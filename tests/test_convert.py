@@ -2,7 +2,8 @@
 
 tests/data/ui/*.frontend.api.json were produced by ComfyUI 0.8 / frontend 1.35.9's own
 ``app.graphToPrompt()`` on the matching ``*.ui.json`` (loaded in headless Chromium with this pack
-installed), so these tests compare our converter with the real one.
+installed; tests/manual/record_frontend_conversions.py), so these tests compare our converter with
+the real one; ``*.editor-saved.json`` are the same graphs as that editor saves them.
 """
 
 import json
@@ -64,7 +65,7 @@ def test_ui_file_converts_exactly_as_comfyuis_frontend_does(ui_path):
 @pytest.mark.parametrize("ui_path", UI_FILES, ids=lambda p: p.name)
 def test_a_file_saved_by_the_editor_converts_as_the_editor_runs_it(ui_path):
     """The same graphs as the editor itself saves them (graphToPrompt()'s workflow part, recorded
-    with its output): the 1.35.9 format with widget sockets on every input and null fields."""
+    with its output): frontend 1.35.9's own serialisation, with its id, revision and slot fields."""
     registry, names = registry_for(ui_path)
     saved = DATA / ui_path.name.replace(".ui.json", ".editor-saved.json")
     assert ui_to_api(load(saved), registry, names) == load(frontend_copy(ui_path))
