@@ -486,3 +486,12 @@ def test_min_snr_with_epsilon_and_zero_terminal_snr_trains_at_the_last_timestep(
     noise = NoiseStrategy(zero_terminal_snr=True, loss_weighting="min_snr", timestep_sampling="range", t_min=999)
     result = train_lora(tiny.pipe, data, noise, LORA, TrainSpec(steps=2, batch_size=2, seed=3))
     assert all(torch.isfinite(torch.tensor(result.losses))) and min(result.losses) > 0
+
+
+def test_training_leaves_the_callers_random_state_alone(tiny, data):
+    """LoRA init and dropout seed torch's global generator inside a fork: other nodes' draws are unaffected."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    train_lora(tiny.pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=2, alpha=2.0, dropout=0.1),
+               TrainSpec(steps=1, seed=5))
+    assert torch.equal(torch.get_rng_state(), before)
