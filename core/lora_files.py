@@ -401,40 +401,45 @@ def to_diffusers(kohya: dict[str, torch.Tensor], family: str) -> tuple[dict[str,
 def blend(loras: list[dict[str, torch.Tensor]], weights: list[float],
           rank: int | None = None) -> dict[str, torch.Tensor]:
     """Σ wᵢ·ΔWᵢ as one kohya LoRA. Without ``rank`` the result is exact (the ranks are stacked);
-    with it, each module's sum is truncated by SVD to that rank (the best rank-r approximation,
-    Eckart–Young), as in style interpolation with a fixed file size."""
+    with it, each module's sum is truncated to that rank (the best rank-r approximation,
+    Eckart–Young), as in style interpolation with a fixed file size. Only the factors are used:
+    ΔW is as large as the weight a file claims, and there is no model here to check the claim."""
     if any(k.endswith(".dora_scale") for lora in loras for k in lora):
         raise ValueError("DoRA LoRAs cannot be blended (their magnitudes do not add); blend plain LoRAs")
-    sums: dict[str, torch.Tensor] = {}
-    shapes: dict[str, tuple] = {}
-    stacked: dict[str, tuple[list, list]] = {}
+    factors: dict[str, tuple[list, list, list]] = {}  # name -> (scaled ups, downs, [out, *in shape])
     for lora, w in zip(loras, weights, strict=True):
-        for name, delta in delta_weights(lora).items():
-            down = lora[f"{name}.lora_down.weight"].float()
-            shapes[name] = down.shape
-            if rank is None:
-                scale = float(lora.get(f"{name}.alpha", torch.tensor(float(down.shape[0])))) / down.shape[0]
-                ups, downs = stacked.setdefault(name, ([], []))
-                ups.append(w * scale * lora[f"{name}.lora_up.weight"].float())
-                downs.append(down)
-            else:
-                sums[name] = sums.get(name, 0) + w * delta
+        check_lora_shapes(lora)
+        for name, parts in _kohya_modules(lora).items():
+            if ".lora_down.weight" not in parts:
+                continue
+            down, up = parts[".lora_down.weight"].float(), parts[".lora_up.weight"].float().flatten(1)
+            scale = float(parts.get(".alpha", torch.tensor(float(down.shape[0])))) / down.shape[0]
+            ups, downs, shape = factors.setdefault(name, ([], [], [up.shape[0], *down.shape[1:]]))
+            if [up.shape[0], *down.shape[1:]] != shape:
+                raise ValueError(f"LoRA module {name!r} updates a weight of shape {shape} in one LoRA and "
+                                 f"{[up.shape[0], *down.shape[1:]]} in another: they are for different models")
+            ups.append(w * scale * up)
+            downs.append(down.flatten(1))
     out = {}
-    if rank is None:
-        for name, (ups, downs) in stacked.items():
-            down = torch.cat(downs)
-            out[f"{name}.lora_down.weight"] = down
-            out[f"{name}.lora_up.weight"] = torch.cat(ups, dim=1)
-            out[f"{name}.alpha"] = torch.tensor(float(down.shape[0]))
-        return out
-    for name, delta in sums.items():
-        matrix = delta.flatten(1)
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-        r = min(rank, s.shape[0])
-        up, down = u[:, :r] * s[:r], vh[:r]
-        if len(shapes[name]) == 4:  # convolution: down keeps the kernel, up is a 1x1 conv
-            up, down = up[:, :, None, None], down.reshape(r, *shapes[name][1:])
+    for name, (ups, downs, shape) in factors.items():
+        up, down = torch.cat(ups, dim=1), torch.cat(downs)
+        if rank is not None:
+            up, down = _best_rank(up, down, rank)
+        r = down.shape[0]
+        if len(shape) == 4:  # convolution: down keeps the kernel, up is a 1x1 conv
+            up, down = up[:, :, None, None], down.reshape(r, *shape[1:])
         out[f"{name}.lora_down.weight"] = down.contiguous()
         out[f"{name}.lora_up.weight"] = up.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(r))
     return out
+
+
+def _best_rank(up: torch.Tensor, down: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of the best rank-``rank`` approximation of up·down without forming it: with up = Q₁R₁
+    and downᵀ = Q₂R₂, up·down = Q₁(R₁R₂ᵀ)Q₂ᵀ, so the SVD of the small core R₁R₂ᵀ gives the SVD of
+    the product."""
+    q1, r1 = torch.linalg.qr(up)
+    q2, r2 = torch.linalg.qr(down.T)
+    u, s, vh = torch.linalg.svd(r1 @ r2.T, full_matrices=False)
+    k = min(rank, s.shape[0])
+    return (q1 @ u[:, :k]) * s[:k], vh[:k] @ q2.T

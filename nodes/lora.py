@@ -336,7 +336,10 @@ class LoRALabBlendLoRAs:
         if lora_a.family != lora_b.family:
             raise ValueError(f"LoRA Lab: Blend LoRAs: {lora_a.name} is {lora_a.family}, "
                              f"{lora_b.name} is {lora_b.family}")
-        tensors = blend([lora_a.tensors, lora_b.tensors], [weight_a, 1 - weight_a], rank or None)
+        try:
+            tensors = blend([lora_a.tensors, lora_b.tensors], [weight_a, 1 - weight_a], rank or None)
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Blend LoRAs: {lora_a.name} and {lora_b.name}: {e}") from None
         down = next(v for k, v in tensors.items() if k.endswith(".lora_down.weight"))
         name = f"{weight_a:g}*{lora_a.name}+{1 - weight_a:g}*{lora_b.name}"
         meta = {**lora_a.metadata, "ss_network_dim": str(down.shape[0]), "ss_network_alpha": str(down.shape[0]),

@@ -393,3 +393,38 @@ def test_saving_a_lora_kohya_would_load_in_part_warns_in_the_log_metadata_and_co
         assert note == row["warning"] and row["warning"] in caplog.text
     else:
         assert "warning" not in row and note is None and not caplog.text
+
+
+@pytest.mark.parametrize("rank", [None, 1])
+def test_blend_works_on_the_factors_and_never_forms_the_full_update(monkeypatch, rank):
+    """A LoRA's ΔW is as large as the weight it claims (out × in): Blend LoRAs, which has no model to check
+    the claim against, must not form it. Blending a crafted 3000 × 3000 claim takes only its factors."""
+    from loralab.core import lora_files
+
+    g = torch.Generator().manual_seed(0)
+    huge = {"lora_unet_m.lora_down.weight": torch.randn(1, 3000, generator=g),
+            "lora_unet_m.lora_up.weight": torch.randn(3000, 1, generator=g), "lora_unet_m.alpha": torch.tensor(1.0)}
+    small_a, small_b = kohya_pair(4, conv=True), kohya_pair(5, rank=2, conv=True)
+    expected = 0.25 * delta_weights(small_a)["lora_unet_m"] + 0.75 * delta_weights(small_b)["lora_unet_m"]
+
+    def no_full_update(*a, **k):
+        raise AssertionError("blend formed ΔW")
+
+    monkeypatch.setattr(lora_files, "delta_weights", no_full_update)
+    out = lora_files.blend([huge, huge], [0.5, 0.5], rank)
+    assert out["lora_unet_m.lora_up.weight"].shape == (3000, 2 if rank is None else 1)
+    small = lora_files.blend([small_a, small_b], [0.25, 0.75], rank)
+    monkeypatch.undo()
+    if rank is None:
+        torch.testing.assert_close(delta_weights(small)["lora_unet_m"], expected, atol=1e-5, rtol=1e-5)
+    else:
+        s = torch.linalg.svdvals(expected.flatten(1))
+        error = torch.linalg.matrix_norm((delta_weights(small)["lora_unet_m"] - expected).flatten(1)) ** 2
+        torch.testing.assert_close(error, (s[1:] ** 2).sum(), atol=1e-3, rtol=1e-4)  # Eckart-Young
+
+
+def test_blending_loras_of_different_shapes_is_refused_by_name():
+    from loralab.core.lora_files import blend
+
+    with pytest.raises(ValueError, match=r"'lora_unet_m'.*\[6, 5\].*\[6, 7\]"):
+        blend([kohya_pair(0), kohya_pair(1, in_features=7)], [0.5, 0.5])
