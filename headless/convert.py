@@ -95,31 +95,38 @@ class _Graph:
             _check_node(node)
             self.nodes[node["id"]] = node
         self.links = _links(ui)
+        self.followed: dict[tuple, object] = {}  # (link id, wanted type) -> source(): chains are shared
 
     def source(self, link_id):
         """Follow a link through reroutes and bypassed nodes to (node id, slot), ("value", v) for
         a PrimitiveNode, or None where the chain ends or loops."""
-        want_type, seen = None, set()
-        while link_id is not None and link_id in self.links and link_id not in seen:
-            seen.add(link_id)
+        want_type, walked, found = None, {}, None  # walked: an ordered set
+        while link_id is not None and link_id in self.links and link_id not in walked:
             origin, slot, _, _, link_type = self.links[link_id]
+            want_type = want_type or link_type
+            if (link_id, want_type) in self.followed:
+                found = self.followed[link_id, want_type]
+                break
+            walked[link_id] = None
             node = self.nodes.get(origin)
             if node is None:
                 raise invalid_prompt(f"UI workflow link {link_id} comes from node {origin}, which does not exist")
-            want_type = want_type or link_type
             if not isinstance(slot, int) or slot < 0:
                 raise invalid_prompt(f"UI workflow link {link_id} has an invalid origin slot {slot!r}")
             if node.get("mode") == MUTED:
-                return None
+                break
             if node["type"] == "PrimitiveNode":
-                return ("value", (node.get("widgets_values") or [None])[0])
+                found = ("value", (node.get("widgets_values") or [None])[0])
+                break
             if node["type"] == "Reroute":
                 link_id = (node.get("inputs") or [{}])[0].get("link")
             elif node.get("mode") == BYPASSED:
                 link_id = self._bypassed_link(node, slot, want_type)
             else:
-                return (str(origin), slot)
-        return None
+                found = (str(origin), slot)
+                break
+        self.followed.update(((walked_id, want_type), found) for walked_id in walked)
+        return found
 
     @staticmethod
     def _bypassed_link(node: dict, slot: int, want_type):

@@ -318,6 +318,27 @@ def needed_nodes(prompt: dict, outputs: list[str]) -> list[str]:
     return order
 
 
+def _consumers(prompt: dict, nodes: list[str]) -> dict[str, list[str]]:
+    """Node id -> the nodes among ``nodes`` that link to it."""
+    consumers: dict[str, list[str]] = {}
+    for node_id in nodes:
+        for source in _sources(prompt, node_id):
+            consumers.setdefault(source, []).append(node_id)
+    return consumers
+
+
+def _dependent_outputs(node_id: str, consumers: dict, outputs: list[str]) -> list[str]:
+    """The outputs downstream of ``node_id`` (one walk down, not one walk up per output, so a
+    graph of many outputs validates in linear time)."""
+    seen, frontier = {node_id}, [node_id]
+    while frontier:
+        for consumer in consumers.get(frontier.pop(), ()):
+            if consumer not in seen:
+                seen.add(consumer)
+                frontier.append(consumer)
+    return [o for o in outputs if o in seen]
+
+
 def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
     """Check a workflow against the node declarations. Returns the workflow with constants
     converted to their declared types, the output node ids, and the execution order."""
@@ -333,14 +354,15 @@ def validate(prompt, registry: Registry) -> tuple[dict, list[str], list[str]]:
             outputs.append(node_id)
     if not outputs:
         raise WorkflowError(_error("prompt_no_outputs", "Prompt has no outputs", ""))
-    node_errors = {}
-    upstream = {o: set(_post_order(prompt, [o])[0]) for o in outputs}
+    needed = _post_order(prompt, outputs)[0]  # loops are reported once the nodes are valid
+    consumers = _consumers(prompt, needed)  # the graph as written, before undeclared inputs go
     file_order = {node_id: i for i, node_id in enumerate(prompt)}
-    for node_id in sorted(set().union(*upstream.values()), key=file_order.__getitem__):
+    node_errors = {}
+    for node_id in sorted(needed, key=file_order.__getitem__):
         errors = _validate_node(prompt, node_id, registry)
         if errors:
             node_errors[node_id] = {"errors": errors,
-                                    "dependent_outputs": [o for o in outputs if node_id in upstream[o]],
+                                    "dependent_outputs": _dependent_outputs(node_id, consumers, outputs),
                                     "class_type": prompt[node_id]["class_type"]}
     if node_errors:
         details = "\n".join(f"{e['message']}: {e['details']}" for n in node_errors.values() for e in n["errors"])
