@@ -293,6 +293,9 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise ValueError(f"LoRA file {str(path)!r} is not a readable safetensors file ({e})") from None
     if any(k.startswith(("lora_unet_", "lora_te", "diffusion_model.")) for k in tensors):
+        if not any(k.endswith((".lora_down.weight", ".diff", ".diff_b")) for k in tensors):
+            raise ValueError(f"LoRA file {str(path)!r} holds no LoRA weights (no .lora_down.weight, .diff or "
+                             ".diff_b key)")
         return _checked(path, tensors), metadata  # kohya, or ComfyUI's trainer (resolved when applied)
     two_encoders = any(k.startswith("text_encoder_2.") for k in tensors)
     prefixes = {"unet.": "lora_unet", "text_encoder.": "lora_te1" if two_encoders else "lora_te",

@@ -301,11 +301,12 @@ class LoRALabLoadLoRA:
             tensors, meta = read_lora_file(files[lora_name])
         except ValueError as e:
             raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r}: {e}") from None
-        down = next(v for k, v in tensors.items() if k.endswith(".lora_down.weight"))
-        alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(down.shape[0]))
+        # rank 0: only full weight offsets (.diff/.diff_b, ComfyUI's trainer), no low-rank pair
+        rank = next((int(v.shape[0]) for k, v in tensors.items() if k.endswith(".lora_down.weight")), 0)
+        alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(rank))
         family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_", "diffusion_model.label_emb")) for k in tensors) \
             or meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
-        return (LabLoRA(tensors, int(down.shape[0]), alpha, family, lora_name, meta,
+        return (LabLoRA(tensors, rank, alpha, family, lora_name, meta,
                         file_size_bytes=files[lora_name].stat().st_size),)
 
 

@@ -428,3 +428,22 @@ def test_blending_loras_of_different_shapes_is_refused_by_name():
 
     with pytest.raises(ValueError, match=r"'lora_unet_m'.*\[6, 5\].*\[6, 7\]"):
         blend([kohya_pair(0), kohya_pair(1, in_features=7)], [0.5, 0.5])
+
+
+def test_load_lora_reads_offset_only_files_and_refuses_files_without_weights(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from loralab.nodes.lora import LoRALabApplyLoRA, LoRALabLoadLoRA
+
+    (tmp_path / "loras").mkdir()
+    norm = dict(tiny.pipe.unet.named_modules())["conv_norm_out"]
+    save_file({"diffusion_model.out.0.diff": torch.full_like(norm.weight, 0.5)},
+              tmp_path / "loras" / "offsets.safetensors")
+    save_file({"lora_unet_conv_in.alpha": torch.tensor(1.0)}, tmp_path / "loras" / "empty.safetensors")
+    monkeypatch.setenv("LORALAB_MODELS_DIR", str(tmp_path))
+    (offsets,) = LoRALabLoadLoRA().load("offsets.safetensors")
+    assert offsets.rank == 0
+    (applied,) = LoRALabApplyLoRA().apply(tiny, offsets, 1.0, 1.0)
+    torch.testing.assert_close(applied.pipe.unet.conv_norm_out.weight, norm.weight + 0.5)
+    with pytest.raises(ValueError, match="LoRA Lab: Load LoRA: .*'empty.safetensors'.*holds no LoRA weights"):
+        LoRALabLoadLoRA().load("empty.safetensors")
