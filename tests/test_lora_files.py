@@ -342,7 +342,7 @@ def test_apply_lora_dora_norm_comfyui_merges_by_the_base_weights_norm(tiny):
 def test_a_dora_file_in_diffusers_layout_loads_in_diffusers_for_every_target_kind(tiny, tmp_path):
     """Attention and feed-forward Linear layers, 3x3 and 1x1 convolutions and the text encoder: diffusers'
     ``load_lora_weights`` takes our diffusers-layout DoRA file, and its fused weights equal ours."""
-    from loralab.core.lora_files import merged_copy, to_diffusers
+    from loralab.core.lora_files import merged_copy, read_lora_file, to_diffusers
 
     unet, te = tiny.pipe.unet, tiny.pipe.text_encoder
     unet_state, _ = _peft_merged(unet, resolve_targets(unet, "all_linear+conv"), 4, 8.0, 5, use_dora=True)
@@ -350,6 +350,8 @@ def test_a_dora_file_in_diffusers_layout_loads_in_diffusers_for_every_target_kin
     kohya = {**to_kohya(unet_state, 8.0), **to_kohya(te_state, 2.0, "lora_te")}
     tensors, metadata = to_diffusers(kohya, "sd1")
     path = save_lora_file(tensors, {**kohya_metadata(4, 8.0, "sd1"), **metadata}, tmp_path / "dora.safetensors")
+    back, _ = read_lora_file(path)  # and our own reader restores every part
+    assert back.keys() == kohya.keys() and all(torch.equal(back[k], kohya[k]) for k in kohya)
     pipe = copy.deepcopy(tiny.pipe)
     pipe.load_lora_weights(str(path), adapter_name="dora")
     pipe.fuse_lora(lora_scale=1.0)
