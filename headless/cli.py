@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import NodeExecutionError, WorkflowError, printable
+from .errors import NodeExecutionError, WorkflowError, escape_logs, printable
 
 
 def _registry():
@@ -180,6 +180,7 @@ def cmd_nodes(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _prepare(args)
+    escape_logs()
     commands = {"run": cmd_run, "convert": cmd_convert, "nodes": cmd_nodes}
     try:
         if args.command == "sweep":

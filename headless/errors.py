@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import unicodedata
 
 
@@ -10,6 +12,23 @@ def printable(text: str) -> str:
     such as ``\\x1b``, so a workflow's names cannot move the cursor or set the clipboard (OSC 52).
     Line breaks and tabs stay."""
     return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+
+
+class PrintableLogHandler(logging.Handler):
+    """Log lines to the current stderr through ``printable`` (nodes log names from the workflow)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(printable(self.format(record)) + "\n")
+        except Exception:  # logging must never break the run; report as logging does
+            self.handleError(record)
+
+
+def escape_logs(logger_name: str = "loralab") -> None:
+    """Route a logger's lines through ``PrintableLogHandler`` (once per process)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(h, PrintableLogHandler) for h in logger.handlers):
+        logger.addHandler(PrintableLogHandler())
 
 
 class WorkflowError(Exception):

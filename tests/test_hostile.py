@@ -8,6 +8,7 @@ argument is the experiment TOML (its ``workflow = "input.json"``). More cases ad
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -276,3 +277,11 @@ def test_conversion_time_grows_linearly_when_3000_nodes_share_a_3000_reroute_cha
     api = ui_to_api(ui, loralab.NODE_CLASS_MAPPINGS)
     assert time.perf_counter() - start < 2  # about 0.1 s; following the chain once per consumer took 5 s
     assert {tuple(api[str(k)]["inputs"]["images"]) for k in range(10**6, 10**6 + 3000)} == {("1", 0)}
+
+
+def test_log_lines_are_escaped_too(capsys):
+    """Nodes log names that come from the workflow (Save LoRA's warning names the LoRA's run_name)."""
+    assert main(["run", str(WORKFLOWS / "quickstart.json"), "--check"]) == 0
+    logging.getLogger("loralab").warning("LoRA Lab: Save LoRA: %s: a warning", ESC_CLIPBOARD)
+    err = capsys.readouterr().err
+    assert "LoRA Lab: Save LoRA: \\x1b]52;c;ZXZpbA==\\x07: a warning" in err and "\x1b" not in err
