@@ -478,7 +478,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     tokens = data.tokens.clone().to(device) if text_encoder is not None else None
     tokens_2 = data.tokens_2.clone().to(device) if text_encoder_2 is not None else None
     step, losses, lrs, validations = 0, [], [], []
-    torch.manual_seed(_derived_seed(spec.seed, 2))  # LoRA dropout's masks (peft's nn.Dropout uses the global generators)
+    torch.manual_seed(_derived_seed(spec.seed, 2))  # LoRA dropout's masks: peft's nn.Dropout draws from it
     signature = run_signature(data, noise, lcfg, spec)
     resume = latest_checkpoint(checkpoint_dir)
     if resume is not None:
