@@ -122,11 +122,10 @@ def test_an_empty_ui_workflow_has_no_outputs(tmp_path, capsys):
 
 
 def test_a_failing_node_exits_1_naming_the_node_without_traceback(tmp_path, capsys):
-    wf = broken(lambda wf: wf["4"]["inputs"].update(sampler_name="ddim"))  # ddim has no karras sigmas
+    wf = broken(lambda wf: wf["2"]["inputs"].update(text=""))  # valid, but Prompts finds no prompt when it runs
     assert run_cli(tmp_path, wf, *FAST) == 1
     err = capsys.readouterr().err
-    assert "node 6 (LoRALabGenerate, 'Generate B') failed" in err
-    assert "'ddim' does not support the 'karras' schedule" in err
+    assert "node 2 (LoRALabPrompts, 'Prompts') failed: ValueError: LoRA Lab: Prompts: input 'text' holds no" in err
     assert "Traceback" not in err
 
 
