@@ -27,6 +27,16 @@ def object_info(registry: dict, display_names: dict) -> dict:
     return {node_id: node_info(node_id, cls, display_names) for node_id, cls in registry.items()}
 
 
+def choices(values, width: int = 100) -> str:
+    """A combo's choices in brackets, cut after about ``width`` characters (model lists are long)."""
+    shown = []
+    for value in values:
+        if shown and len(", ".join(shown + [str(value)])) > width:
+            return f"[{', '.join(shown)}, ... ({len(values)} choices)]"
+        shown.append(str(value))
+    return f"[{', '.join(shown)}]"
+
+
 def describe(registry: dict, display_names: dict) -> str:
     """A readable catalogue: one block per node with its inputs and outputs."""
     lines = []
@@ -37,7 +47,7 @@ def describe(registry: dict, display_names: dict) -> str:
                 continue
             for name, declared in spec.items():
                 kind = declared[0]
-                shown = "COMBO" if isinstance(kind, (list, tuple)) else kind
+                shown = f"COMBO {choices(kind)}" if isinstance(kind, (list, tuple)) else kind
                 options = declared[1] if len(declared) > 1 else {}
                 extra = [f"default={options['default']!r}"] if "default" in options else []
                 extra += [f"{k}={options[k]}" for k in ("min", "max") if k in options]

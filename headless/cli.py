@@ -4,6 +4,7 @@
     loralab sweep EXPERIMENT.toml [--output DIR] [--dry-run] [--shard i/n] [--collect]
     loralab convert UI.json [-o API.json]
     loralab nodes [--object-info]
+    loralab workflows                 the shipped workflows; run them by name: loralab run quickstart
 
 Exit codes: 0 done, 1 a node failed while running, 2 the workflow, experiment or command line is
 invalid (nothing is run), 130 interrupted (Ctrl-C; finished files are complete).
@@ -17,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import NodeExecutionError, WorkflowError, escape_logs, printable
+from .errors import NodeExecutionError, WorkflowError, escape_logs, invalid_prompt, printable
 
 
 def _registry():
@@ -40,22 +41,28 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="loralab", description="LoRA Lab headless runner.")
+    parser.add_argument("--version", action="version", version=f"loralab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute a workflow (API or UI format) without a ComfyUI server")
-    run.add_argument("workflow", help="workflow JSON file (ComfyUI API format, or the editor's UI format)")
+    run.add_argument("workflow", help="workflow JSON file (ComfyUI API format, or the editor's UI format), "
+                                      "or the name of a shipped workflow (see loralab workflows)")
     run.add_argument("--output", "-o", default="output", help="output folder (default: ./output)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input; NODE is a node id or title; VALUE is JSON or text")
     run.add_argument("--check", action="store_true", help="validate only; run nothing")
     _common(run)
     sweep = sub.add_parser("sweep", help="run a grid of overrides of one workflow; resumable")
-    sweep.add_argument("experiment", help="experiment TOML file (see workflows/*.toml)")
+    sweep.add_argument("experiment", help="experiment TOML file, or the name of a shipped one (see loralab workflows)")
     sweep.add_argument("--output", "-o", help="output folder (default: ./output/<experiment name>)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
     sweep.add_argument("--shard", metavar="i/n", help="run only part i of n (for several machines)")
     sweep.add_argument("--collect", action="store_true",
                        help="only rebuild results.jsonl/csv from the finished runs (after merging runs/ folders)")
+    sweep.add_argument("--max-runs", type=int, default=10_000, metavar="N",
+                       help="refuse an experiment of more runs than this (default: 10,000)")
     _common(sweep)
     convert = sub.add_parser("convert", help="convert an editor (UI) workflow to the API format")
     convert.add_argument("workflow")
@@ -66,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     nodes.add_argument("--object-info", action="store_true", help="ComfyUI's /object_info JSON")
     nodes.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     nodes.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    listing = sub.add_parser("workflows", help="list the shipped workflows and experiments")
+    listing.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    listing.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -100,12 +110,10 @@ def _prepare(args) -> None:
 
 
 def make_executor(args, registry):
-    from .. import __version__
-    from .diskcache import DiskCache
+    from .diskcache import DiskCache, cache_namespace
     from .execute import Executor
 
-    # Results depend on our code too: a new version starts a fresh cache.
-    disk = DiskCache(Path(args.cache_dir) / f"loralab-{__version__}") if args.cache_dir else None
+    disk = DiskCache(Path(args.cache_dir) / cache_namespace()) if args.cache_dir else None
     return Executor(registry, show_progress=not args.quiet, disk_cache=disk)
 
 
@@ -121,16 +129,29 @@ def execute_workflow(prompt: dict, ui: dict | None, output_dir: Path, executor, 
     extra = {"extra_pnginfo": {"workflow": ui or api_to_ui(prompt, registry)}}
     result = executor.run(prompt, order, extra)
     roots = {"output": output_dir, "temp": runtime.temp_directory()}
+    # Only what this run wrote: a cached output node's files belong to the run that wrote them.
     images = [str(roots.get(img.get("type"), output_dir) / img["subfolder"] / img["filename"])
-              for ui_entries in result.ui.values() for entry in ui_entries for img in entry.get("images", [])]
+              for node in result.nodes if not node.cached for entry in node.ui for img in entry.get("images", [])]
     return result, images
+
+
+def output_folder(path: str | Path) -> Path:
+    """The output folder, checked before any work: it, or the first part of it that exists, must
+    be a folder (a file there would fail only when the first result is saved)."""
+    folder = Path(path).resolve()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise invalid_prompt(f"Output folder {str(folder)!r} cannot be created: {str(existing)!r} is a file")
+    return folder
 
 
 def cmd_run(args) -> int:
     from .graph import apply_overrides, validate
+    from .shipped import resolve
 
     registry, _ = _registry()
-    prompt, ui = load_any(args.workflow)
+    output_dir = output_folder(args.output)
+    prompt, ui = load_any(resolve(args.workflow, "run"))
     prompt = apply_overrides(prompt, args.overrides, registry)
     _, outputs, order = validate(prompt, registry)  # before any heavy import: a bad file fails fast
     if args.check:
@@ -138,7 +159,6 @@ def cmd_run(args) -> int:
               f"valid: {len(order)} nodes to run for {len(outputs)} output(s)")
         return 0
     _quiet_libraries()
-    output_dir = Path(args.output).resolve()
     result, images = execute_workflow(prompt, ui if not args.overrides else None, output_dir,
                                       make_executor(args, registry), registry)
     summary = {"workflow": str(args.workflow), "output": str(output_dir), "images": images,
@@ -177,11 +197,18 @@ def cmd_nodes(args) -> int:
     return 0
 
 
+def cmd_workflows(args) -> int:
+    from .shipped import listing
+
+    print(printable(listing()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _prepare(args)
     escape_logs()
-    commands = {"run": cmd_run, "convert": cmd_convert, "nodes": cmd_nodes}
+    commands = {"run": cmd_run, "convert": cmd_convert, "nodes": cmd_nodes, "workflows": cmd_workflows}
     try:
         if args.command == "sweep":
             from .sweep_cli import cmd_sweep

@@ -8,13 +8,64 @@ folder and renamed into place, so an interrupted write leaves no partial entry.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 from ..core.scores import ScoreTable
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def package_sources(root: Path) -> list[Path]:
+    """The package's .py files: ``root`` and its sub-packages (folders with an ``__init__.py``),
+    so an editable checkout's tests/ and .venv/ do not count."""
+    files, folders = [], [root]
+    while folders:
+        folder = folders.pop()
+        files += folder.glob("*.py")
+        folders += [d for d in folder.iterdir() if d.is_dir() and (d / "__init__.py").is_file()]
+    return sorted(files)
+
+
+def code_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in package_sources(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def dependency_versions() -> dict[str, str]:
+    """Installed versions of what the package requires (torch, diffusers, transformers, peft...),
+    read from its metadata, or from requirements.txt in a checkout that was never installed."""
+    try:
+        requires = [r for r in metadata.requires("loralab") or [] if "extra ==" not in r]
+    except metadata.PackageNotFoundError:
+        listed = PACKAGE / "requirements.txt"
+        requires = listed.read_text().splitlines() if listed.is_file() else []
+    versions = {}
+    for requirement in requires:
+        name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+        if name and not requirement.lstrip().startswith("#"):
+            try:
+                versions[name[1]] = metadata.version(name[1])
+            except metadata.PackageNotFoundError:
+                versions[name[1]] = "absent"
+    return versions
+
+
+@functools.cache
+def cache_namespace() -> str:
+    """The folder of this code's entries: a fix in our code or another library version must not
+    be answered with results the old one computed. Computed once per process (a few ms)."""
+    text = json.dumps([code_digest(PACKAGE), dependency_versions()], sort_keys=True)
+    return f"loralab-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def _encode(value, tensors: dict):

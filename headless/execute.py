@@ -113,11 +113,11 @@ class Executor:
 
     def cache_key(self, prompt: dict, node_id: str, keys: dict[str, str]) -> str | None:
         """ComfyUI's classic cache key, or None when ``IS_CHANGED`` says "always run" (NaN).
-        Output nodes always run (unlike ComfyUI) so that every run of a sweep writes its own files."""
+        Output nodes are cached as in ComfyUI: one whose inputs did not change since the previous
+        run does not write its files again (a sweep saves an un-swept branch's images once); their
+        node id is part of the key so that two identical output nodes both write."""
         node = prompt[node_id]
         cls = self.registry[node["class_type"]]
-        if getattr(cls, "OUTPUT_NODE", False) is True:
-            return None
         changed = None
         if hasattr(cls, "IS_CHANGED"):
             # ComfyUI passes IS_CHANGED the constant inputs only (linked ones are not known yet).
@@ -129,7 +129,9 @@ class Executor:
         links = {name: [keys.get(v[0]), v[1]] for name, v in node["inputs"].items() if isinstance(v, list)}
         if any(k is None for k, _ in links.values()):
             return None
-        text = json.dumps([node["class_type"], repr(changed), _constants(node), links], sort_keys=True, default=repr)
+        own = [node_id] if getattr(cls, "OUTPUT_NODE", False) is True else []
+        text = json.dumps([node["class_type"], repr(changed), _constants(node), links, *own], sort_keys=True,
+                          default=repr)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @staticmethod

@@ -10,11 +10,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 from ..core.files import atomic_write_text
 
 RESULT = "result.json"
+COLUMNS = ["run_id", "status", "repeat", "run_seconds"]  # every table has them, even an empty one
+
+
+def fresh_run_dir(run_dir: Path) -> Path:
+    """An empty folder for a run that starts (again): files an interrupted or failed attempt left
+    there would sit beside the new ones and shift their numbers. A symlink is removed, never followed."""
+    if run_dir.is_symlink() or run_dir.is_file():
+        run_dir.unlink()
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)
+    return run_dir
 
 
 def write_record(run_dir: Path, record: dict) -> None:
@@ -33,7 +45,8 @@ def read_records(output_dir: Path) -> list[dict]:
 
 def table_rows(records: list[dict]) -> list[dict]:
     """One row per score row of every finished run (one row for a run without scores), with the
-    run's id, its overrides as ``set:<NODE.INPUT>`` columns, status and timing."""
+    run's id, its overrides as ``set:<NODE.INPUT>`` columns, status and timing. A score row's
+    ``cached`` column says whether the run reused it from an earlier run instead of computing it."""
     rows = []
     for record in records:
         base = {"run_id": record["run_id"], "status": record["status"], "repeat": record.get("repeat", 0),
@@ -48,7 +61,7 @@ def write_tables(output_dir: Path) -> int:
     rows = table_rows(read_records(output_dir))
     atomic_write_text(output_dir / "results.jsonl",
                       "".join(json.dumps(r, default=str) + "\n" for r in rows))
-    columns = []
+    columns = list(COLUMNS)
     for row in rows:
         columns += [c for c in row if c not in columns]
     buffer = io.StringIO()

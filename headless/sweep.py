@@ -23,10 +23,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import invalid_prompt
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, published for 3.10 as tomli
+    import tomli as tomllib
+
+# The values JSON holds; TOML adds dates and times, which no input takes.
+PLAIN = (str, int, float, bool, list, dict)
 
 
 @dataclass
@@ -49,22 +60,48 @@ class Run:
         return [f"{k}={json.dumps(v)}" for k, v in self.overrides.items()]
 
 
-def load_experiment(path: str | Path) -> Experiment:
-    import toml
-
-    path = Path(path)
+def _read_toml(path: Path) -> dict:
     try:
-        data = toml.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise invalid_prompt(f"Cannot read experiment file {str(path)!r}", e.strerror or str(e)) from None
-    except (toml.TomlDecodeError, UnicodeDecodeError) as e:
-        raise invalid_prompt(f"Experiment file {str(path)!r} is not valid TOML", str(e)) from None
+    except RecursionError:
+        raise invalid_prompt(f"Experiment file {str(path)!r} is not valid TOML",
+                             "arrays or tables nested too deeply") from None
+    except ValueError as e:  # TOMLDecodeError, bad UTF-8, integers past Python's 4300-digit limit
+        raise invalid_prompt(f"Experiment file {str(path)!r} is not valid TOML", str(e)[:300]) from None
+
+
+def _check_plain(where: str, value) -> None:
+    """Every value becomes JSON (``--set``, result files): refuse TOML's dates and times."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, PLAIN):
+            raise invalid_prompt(f"{where}: a {type(item).__name__} value ({str(item)[:40]}) cannot be an input",
+                                 "values are strings, numbers, booleans, arrays and tables")
+        stack += item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+
+
+def _check_overrides(where: str, table) -> None:
+    if not isinstance(table, dict):
+        raise invalid_prompt(f"{where} must map \"NODE.INPUT\" to a value", f"got {table!r}"[:300])
+    for key in table:
+        if "." not in key:
+            raise invalid_prompt(f"{where} {key!r} is not of the form \"NODE.INPUT\"")
+    _check_plain(where, table)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    path = Path(path)
+    data = _read_toml(path)
     unknown = set(data) - {"workflow", "mode", "repeats", "axes", "set"}
     if unknown:
         raise invalid_prompt(f"Experiment file {str(path)!r} has unknown keys: {', '.join(sorted(unknown))}",
                              "valid: workflow, mode, repeats, [axes], [set]")
     if not isinstance(data.get("workflow"), str):
         raise invalid_prompt(f"Experiment file {str(path)!r} needs workflow = \"<file.json>\"")
+    _check_overrides("[set]", data.get("set", {}))
     axes = data.get("axes", {})
     if not isinstance(axes, dict) or not all(isinstance(v, list) and v for v in axes.values()):
         raise invalid_prompt("[axes] must map \"NODE.INPUT\" to a non-empty list of values")
@@ -73,6 +110,7 @@ def load_experiment(path: str | Path) -> Experiment:
             raise invalid_prompt(f"[axes] {name!r} is a bundle axis (no dot in its name): each value must be a "
                                  "non-empty table of \"NODE.INPUT\" = value overrides",
                                  f"got {values!r}"[:300])
+        _check_plain(f"[axes] {name!r}", values)
     mode = data.get("mode", "grid")
     if mode not in ("grid", "zip"):
         raise invalid_prompt(f"mode = {mode!r}: valid modes are 'grid' and 'zip'")
@@ -80,9 +118,23 @@ def load_experiment(path: str | Path) -> Experiment:
         raise invalid_prompt("mode = 'zip' needs axes of equal length",
                              ", ".join(f"{k}: {len(v)}" for k, v in axes.items()))
     repeats = data.get("repeats", 1)
-    if not isinstance(repeats, int) or not 1 <= repeats <= 1000:
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 1000:
         raise invalid_prompt(f"repeats = {repeats!r}: must be a whole number from 1 to 1000")
     return Experiment(path, (path.parent / data["workflow"]), axes, data.get("set", {}), mode, repeats)
+
+
+def run_count(exp: Experiment) -> int:
+    """How many runs the experiment expands to, computed without expanding it."""
+    lengths = [len(v) for v in exp.axes.values()]
+    combos = (lengths[0] if lengths else 1) if exp.mode == "zip" else math.prod(lengths)
+    return combos * exp.repeats
+
+
+def check_run_count(exp: Experiment, limit: int) -> None:
+    count = run_count(exp)
+    if count > limit:
+        raise invalid_prompt(f"The experiment has {count:,} runs, more than the limit of {limit:,}",
+                             "run fewer (shorter axes, fewer repeats) or raise the limit with --max-runs")
 
 
 def run_id(overrides: dict, repeat: int) -> str:
@@ -90,31 +142,36 @@ def run_id(overrides: dict, repeat: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def expand(exp: Experiment, depth: dict[str, int] | None = None) -> list[Run]:
-    """Every run of the experiment. ``depth`` (axis -> distance of its node from the sources)
-    orders the grid so upstream axes vary slowest. A bundle axis's table is merged into the run's
-    overrides."""
+def workflow_hash(prompt: dict) -> str:
+    """What a run computes: the validated workflow with its overrides applied (titles left out), so
+    a finished run whose base workflow was edited since is run again."""
+    nodes = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in prompt.items()}
+    return hashlib.sha256(json.dumps(nodes, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def expand(exp: Experiment, depth: dict[str, int] | None = None) -> Iterator[Run]:
+    """Every run of the experiment, one at a time. ``depth`` (axis -> distance of its node from
+    the sources) orders the grid so upstream axes vary slowest. A bundle axis's table is merged
+    into the run's overrides."""
     names = sorted(exp.axes, key=lambda a: (depth or {}).get(a, 0))
     values = [exp.axes[n] for n in names]
     combos = zip(*values, strict=True) if exp.mode == "zip" else itertools.product(*values)
-    runs = []
     for combo in combos:
         overrides = dict(exp.fixed)
         for name, value in zip(names, combo, strict=True):
             overrides.update(value if "." not in name else {name: value})
         for repeat in range(exp.repeats):
-            runs.append(Run(run_id(overrides, repeat), overrides, repeat))
-    return runs
+            yield Run(run_id(overrides, repeat), overrides, repeat)
 
 
-def shard(runs: list[Run], spec: str | None) -> list[Run]:
+def shard(runs: Iterable[Run], spec: str | None) -> Iterator[Run]:
     """``i/n``: the i-th of n interleaved parts (1-based), for separate hosts sharing a sweep."""
     if not spec:
-        return runs
+        return iter(runs)
     try:
         i, n = (int(x) for x in spec.split("/"))
     except ValueError:
         raise invalid_prompt(f"--shard {spec!r} must be i/n, e.g. 1/4") from None
     if not 1 <= i <= n:
         raise invalid_prompt(f"--shard {spec!r}: i must be between 1 and n")
-    return runs[i - 1::n]
+    return itertools.islice(runs, i - 1, None, n)

@@ -68,12 +68,11 @@ def test_importing_the_pack_loads_no_heavy_or_comfyui_modules():
 def test_requirements_txt_matches_pyproject_dependencies():
     from pathlib import Path
 
-    import toml
-
     import loralab
+    from loralab.headless.sweep import tomllib
 
     root = Path(loralab.__file__).parent
-    deps = toml.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
     lines = [line for line in (root / "requirements.txt").read_text().splitlines()
              if line and not line.startswith("#")]
     assert lines == deps

@@ -261,7 +261,10 @@ class Counting:
         return (x,)
 
 
-class Sink(Counting):
+class Sink:
+    CATEGORY = "test"
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "f"
     OUTPUT_NODE = True
 
     @classmethod
@@ -280,7 +283,7 @@ def test_unchanged_nodes_are_served_from_the_cache_and_is_changed_can_force_a_re
     Counting.calls, Counting.changed = 0, 0.0
     first = executor.run(prompt, order)
     second = executor.run(prompt, order)
-    assert Counting.calls == 1 and first.executed == ["1", "2"] and second.executed == ["2"]
+    assert Counting.calls == 1 and first.executed == ["1", "2"] and second.executed == []  # Sink too: inputs unchanged
     Counting.changed = 1.0  # a different IS_CHANGED value is a different key
     assert executor.run(prompt, order).executed == ["1", "2"]
     Counting.changed = float("nan")  # NaN never equals itself: always run
@@ -362,19 +365,21 @@ def test_style_noise_workflow_scores_content_style_lpips_and_time(tmp_path):
 
 
 def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tmp_path, capsys):
-    import toml
+    import tomli_w
+
+    from loralab.headless.sweep import tomllib
 
     toml_path = QUICKSTART.with_name("style_noise.toml")
     assert main(["sweep", str(toml_path), "-o", str(tmp_path / "dry"), "--dry-run"]) == 0  # validates all 77
     assert capsys.readouterr().out.splitlines()[-1] == "77 runs, 0 done"
-    exp = toml.loads(toml_path.read_text())
+    exp = tomllib.loads(toml_path.read_text())
     exp["workflow"] = str(toml_path.with_name(exp["workflow"]))
     exp["set"] = {"Train Config.steps": 2, "4.steps": 2}
     exp["axes"]["lora"] = [exp["axes"]["lora"][0], exp["axes"]["lora"][4]]  # L1, L5 (min-SNR)
     exp["axes"]["scheduler"] = [{**s, "Base images (content sources).steps": 2, "Styled images.steps": 2}
                                 for s in (exp["axes"]["scheduler"][0], exp["axes"]["scheduler"][8])]
     small = tmp_path / "small.toml"
-    small.write_text(toml.dumps(exp))
+    small.write_text(tomli_w.dumps(exp))
     out = tmp_path / "out"
     assert main(["sweep", str(small), "-o", str(out), "-q"]) == 0
     runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/result.json")]
@@ -387,7 +392,9 @@ def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tm
 def test_fashion_lora_workflow_and_sweep_give_seed_003s_fid_clip_and_parameter_counts(tmp_path):
     import csv
 
-    import toml
+    import tomli_w
+
+    from loralab.headless.sweep import tomllib
 
     path = QUICKSTART.with_name("fashion_lora.json")
     fast = ["--set", "Train Config.epochs=1", *[a for node in ("4", "11", "12") for a in ("--set", f"{node}.steps=2")]]
@@ -399,14 +406,14 @@ def test_fashion_lora_workflow_and_sweep_give_seed_003s_fid_clip_and_parameter_c
     (clip_row,) = csv.DictReader((out / "clip_00001_.csv").open())
     assert clip_row["n_pairs"] == "16" and clip_row["model"] == "embedded: tiny-sd + unet-r2"
 
-    exp = toml.loads(QUICKSTART.with_name("fashion_lora.toml").read_text())
+    exp = tomllib.loads(QUICKSTART.with_name("fashion_lora.toml").read_text())
     assert [c["Train LoRA.run_name"] for c in exp["axes"]["config"]] == [
         "unet-r2", "unet-r1-te-r4", "te-r8", "unet-r1", "unet-r4", "unet-r8", "unet-r64"]
     exp["workflow"] = str(path)
     exp["set"] = {"Train Config.epochs": 1, "4.steps": 2, "11.steps": 2, "12.steps": 2}
     exp["axes"]["config"] = [c for c in exp["axes"]["config"] if c["Train LoRA.run_name"] in ("unet-r1-te-r4", "te-r8")]
     small = tmp_path / "small.toml"
-    small.write_text(toml.dumps(exp))
+    small.write_text(tomli_w.dumps(exp))
     assert main(["sweep", str(small), "-o", str(tmp_path / "sweep"), "-q"]) == 0
     runs = [json.loads(p.read_text()) for p in (tmp_path / "sweep" / "runs").glob("*/result.json")]
     assert len(runs) == 2 and sum("12" in r["executed"] for r in runs) == 1  # base images made once

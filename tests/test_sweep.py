@@ -18,18 +18,19 @@ from loralab.headless.sweep import expand, load_experiment
 QUICKSTART = Path(loralab.__file__).parent / "workflows" / "quickstart.json"
 
 
-def small_workflow(tmp_path: Path) -> Path:
+def small_workflow(tmp_path: Path, nodes=("1", "2", "3", "5", "7")) -> Path:
     wf = json.loads(QUICKSTART.read_text())
-    wf = {k: wf[k] for k in ("1", "2", "3", "5", "7")}
+    wf = {k: wf[k] for k in nodes}
     wf["2"]["inputs"]["text"] = "standard: a photo of a cat"
-    wf["5"]["inputs"].update(width=32, height=32, images_per_prompt=1, steps=2)
+    for generate in {"5", "6"} & set(nodes):
+        wf[generate]["inputs"].update(width=32, height=32, images_per_prompt=1, steps=2)
     path = tmp_path / "small.json"
     path.write_text(json.dumps(wf))
     return path
 
 
-def experiment(tmp_path: Path, axes: str, extra: str = "") -> Path:
-    small_workflow(tmp_path)
+def experiment(tmp_path: Path, axes: str, extra: str = "", nodes=("1", "2", "3", "5", "7")) -> Path:
+    small_workflow(tmp_path, nodes)
     path = tmp_path / "exp.toml"
     path.write_text(f'workflow = "small.json"\n{extra}\n[axes]\n{axes}\n')
     return path
@@ -75,12 +76,12 @@ def test_dry_run_lists_runs_and_shards_partition_them(tmp_path, capsys):
 
 def test_run_ids_derive_from_overrides_and_zip_mode_pairs_values(tmp_path):
     exp = load_experiment(experiment(tmp_path, '"5.steps" = [1, 2]\n"5.cfg" = [3.0, 4.0]', 'mode = "zip"\nrepeats = 2'))
-    runs = expand(exp)
+    runs = list(expand(exp))
     assert [(r.overrides, r.repeat) for r in runs] == [
         ({"5.steps": 1, "5.cfg": 3.0}, 0), ({"5.steps": 1, "5.cfg": 3.0}, 1),
         ({"5.steps": 2, "5.cfg": 4.0}, 0), ({"5.steps": 2, "5.cfg": 4.0}, 1)]
     assert len({r.run_id for r in runs}) == 4
-    assert expand(exp)[0].run_id == runs[0].run_id
+    assert next(expand(exp)).run_id == runs[0].run_id
 
 
 def test_bundle_axes_cross_whole_configurations(tmp_path, capsys):
@@ -119,9 +120,9 @@ def test_bad_experiments_exit_2_before_running_anything(tmp_path, capsys, text, 
 
 
 def test_a_failed_run_is_recorded_and_retried_on_resume(tmp_path):
-    exp = experiment(tmp_path, '"Sampler A.schedule" = ["default", "karras"]\n"Sampler A.sampler_name" = ["ddim"]')
+    exp = experiment(tmp_path, '"Prompts.text" = ["", "standard: a photo of a cat"]')
     out = tmp_path / "out"
-    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 1  # ddim has no karras schedule
+    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 1  # Prompts fails when it runs: no prompt
     statuses = sorted(r["status"] for r in records(out))
     assert statuses == ["done", "failed"]
     done_before = {r["run_id"]: (out / "runs" / r["run_id"] / "result.json").stat().st_mtime_ns
@@ -191,3 +192,144 @@ def test_a_disk_cache_serves_generated_images_to_a_new_process(tmp_path):
         for pa, pb in zip(sorted(a["images"]), sorted(b["images"]), strict=True):
             assert np.array_equal(np.asarray(Image.open(pa)), np.asarray(Image.open(pb)))
     assert list(cache.rglob("tensors.safetensors")) and not list(cache.rglob("*.pkl"))
+
+
+def test_toml_1_0_mixed_integer_and_float_arrays_are_valid_axes(tmp_path, capsys):
+    exp = experiment(tmp_path, '"Generate A.cfg" = [1, 7.5]')
+    assert main(["sweep", str(exp), "-o", str(tmp_path / "o"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 runs, 0 done"
+
+
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+@pytest.mark.parametrize("text,message", [
+    ('workflow = "list.json"\n[axes]\n"5.steps" = [1]', "must be a JSON object of nodes"),
+    ('workflow = "list_inputs.json"\n[axes]\n"5.steps" = [1]', "inputs must be a JSON object"),
+    ('workflow = "small.json"\nset = 5', "[set] must map"),
+    ('workflow = "small.json"\naxes = 5', "[axes] must map"),
+    ('workflow = "small.json"\n[axes]\n"5.seed" = [1979-05-27T07:32:00Z]', "datetime"),
+    ('workflow = "small.json"\n[set]\n"5.seed" = 1979-05-27', "date"),
+    ('workflow = "small.json"\n[set]\n"5.seed" = 07:32:00', "time"),
+    (f'workflow = "small.json"\n[axes]\n"5.steps" = {DEEP}', "nested too deeply"),
+    ('workflow = "small.json"\na = {b = }', "not valid TOML"),
+    ('workflow = "small.json"\n[axes]\n"5.steps" = [1, 2', "not valid TOML"),
+    ('workflow = "small.json"\n[axes]\n"5.steps" = [1]\n[set.x]\ny = 1', "[set] 'x'"),
+    ('workflow = "small.json"\n[axes]\n"Generate A.stepz" = [1, 2]', "has no input 'stepz'"),
+    ('workflow = "small.json"\n[set]\n"5.stepz" = 1', "has no input 'stepz'"),
+    ('workflow = "small.json"\n[axes]\nconfig = [{ "Generate A.cfgg" = 1 }]', "has no input 'cfgg'"),
+])
+def test_hostile_experiment_files_exit_2_with_a_message(tmp_path, capsys, text, message):
+    wf = json.loads(small_workflow(tmp_path).read_text())
+    (tmp_path / "list.json").write_text(json.dumps([wf]))
+    wf["5"]["inputs"] = [1, 2]
+    (tmp_path / "list_inputs.json").write_text(json.dumps(wf))
+    (tmp_path / "bad.toml").write_text(text)
+    assert main(["sweep", str(tmp_path / "bad.toml"), "-o", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_typo_in_an_axis_input_names_the_valid_inputs(tmp_path, capsys):
+    exp = experiment(tmp_path, '"Generate A.stepz" = [1, 2]')
+    assert main(["sweep", str(exp), "-o", str(tmp_path / "o"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "stepz" in err and all(name in err for name in ("steps", "cfg", "seed", "images_per_prompt"))
+
+
+def test_grids_are_counted_before_expansion_and_refused_above_max_runs(tmp_path, capsys):
+    # 10^9 runs: refused at once, before anything is expanded or validated.
+    axes = "\n".join(f'"Generate A.{name}" = [{", ".join(str(i) for i in range(1, 11))}]'
+                     for name in ("steps", "seed", "cfg", "width", "height", "images_per_prompt"))
+    axes += '\n"Sampler A.eta" = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]\nbundle = [' + ", ".join(
+        f'{{ "Generate A.negative_prompt" = "n{i}" }}' for i in range(100)) + "]"
+    exp = experiment(tmp_path, axes, "repeats = 1")
+    start = time.perf_counter()
+    assert main(["sweep", str(exp), "-o", str(tmp_path / "o"), "--dry-run"]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err
+    assert "1,000,000,000 runs" in err and "--max-runs" in err
+    exp = experiment(tmp_path, AXES_3x4, "repeats = 2")  # 24 runs
+    assert main(["sweep", str(exp), "-o", str(tmp_path / "o"), "--dry-run", "--max-runs", "23"]) == 2
+    assert "24 runs" in capsys.readouterr().err
+    assert main(["sweep", str(exp), "-o", str(tmp_path / "o"), "--dry-run", "--max-runs", "24"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "24 runs, 0 done"
+
+
+def test_expansion_is_lazy(tmp_path):
+    axes = "\n".join(f'"5.{name}" = [{", ".join(str(i) for i in range(1, 101))}]' for name in ("steps", "seed", "cfg"))
+    runs = expand(load_experiment(experiment(tmp_path, axes)))  # 10^6 combinations
+    assert next(iter(runs)).overrides == {"5.steps": 1, "5.seed": 1, "5.cfg": 1}
+
+
+def test_an_output_path_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    exp = experiment(tmp_path, '"Generate A.seed" = [0, 1]')
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for target in (taken, taken / "sub"):
+        assert main(["sweep", str(exp), "-o", str(target), "-q"]) == 2
+        assert "is a file" in capsys.readouterr().err
+        assert main(["run", str(tmp_path / "small.json"), "-o", str(target), "-q"]) == 2
+        assert "is a file" in capsys.readouterr().err
+    assert taken.read_text() == "not a folder"
+
+
+def test_editing_the_base_workflow_reruns_the_finished_runs(tmp_path, capsys):
+    exp = experiment(tmp_path, '"Generate A.seed" = [0, 1]')
+    out = tmp_path / "out"
+    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 0
+    ids = sorted(r["run_id"] for r in records(out))
+    wf = json.loads((tmp_path / "small.json").read_text())
+    wf["2"]["inputs"]["text"] = "standard: a photo of a dog"
+    (tmp_path / "small.json").write_text(json.dumps(wf))
+    capsys.readouterr()
+    assert main(["sweep", str(exp), "-o", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[-1] == "2 runs, 0 done" and all("stale" in line for line in listed[:-1])
+    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 0
+    again = records(out)
+    assert sorted(r["run_id"] for r in again) == ids  # run ids name the overrides; the hash checks the rest
+    assert all("5" in r["executed"] for r in again)  # generated again from the new prompt
+    assert main(["sweep", str(exp), "-o", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "2 runs, 2 done"
+
+
+def test_an_interrupted_run_restarts_in_a_clean_folder_and_the_table_always_has_a_header(tmp_path, monkeypatch):
+    import loralab.headless.cli as cli
+
+    exp = experiment(tmp_path, '"Generate A.seed" = [0, 1]')
+    out = tmp_path / "out"
+    real = cli.execute_workflow
+
+    def interrupted(prompt, ui, run_dir, executor, registry):
+        (run_dir / "quickstart").mkdir(parents=True)
+        (run_dir / "quickstart" / "euler_00001_.png").write_bytes(b"orphan of a killed run")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "execute_workflow", interrupted)
+    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 130
+    header = (out / "results.csv").read_text().splitlines()
+    assert header and header[0].startswith("run_id,status,repeat")
+    monkeypatch.setattr(cli, "execute_workflow", real)
+    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 0
+    for record in records(out):
+        on_disk = sorted(str(p) for p in (out / "runs" / record["run_id"]).rglob("*.png"))
+        assert on_disk == sorted(record["images"]) and len(on_disk) == 1
+        assert all(Path(p).name == "euler_00001_.png" for p in on_disk)
+
+
+def test_cached_unswept_nodes_are_marked_and_their_images_saved_once(tmp_path):
+    exp = experiment(tmp_path, '"Generate A.seed" = [0, 1, 2]', nodes=("1", "2", "3", "4", "5", "6", "7", "8"))
+    out = tmp_path / "out"
+    assert main(["sweep", str(exp), "-o", str(out), "-q"]) == 0
+    runs = sorted(records(out), key=lambda r: r["overrides"]["Generate A.seed"])
+    saved_b = [sorted((out / "runs" / r["run_id"]).rglob("dpmpp_2m_karras_*.png")) for r in runs]
+    assert [len(files) for files in saved_b] == [1, 0, 0]  # Generate B is not swept: saved by the run that made it
+    assert all(not any("dpmpp_2m_karras" in p for p in r["images"]) for r in runs[1:])
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_run = {r["run_id"]: r["overrides"]["Generate A.seed"] for r in runs}
+    computed = sorted((by_run[row["run_id"]], row["node"], row["cached"]) for row in rows)
+    assert computed == [(0, "5", "False"), (0, "6", "False"), (1, "5", "False"), (1, "6", "True"),
+                        (2, "5", "False"), (2, "6", "True")]
