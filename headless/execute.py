@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import NodeExecutionError, printable
-from .graph import Registry, constant
+from .graph import Registry, constant, declared_names
 
 
 @dataclass
@@ -121,7 +121,7 @@ class Executor:
         changed = None
         if hasattr(cls, "IS_CHANGED"):
             # ComfyUI passes IS_CHANGED the constant inputs only (linked ones are not known yet).
-            wanted = self._declared(cls)
+            wanted = declared_names(cls)
             changed = map_over_lists(cls.IS_CHANGED, {k: [v] for k, v in _constants(node).items() if k in wanted},
                                      getattr(cls, "INPUT_IS_LIST", False))
             if any(isinstance(c, float) and math.isnan(c) for c in changed):
@@ -133,11 +133,6 @@ class Executor:
         text = json.dumps([node["class_type"], repr(changed), _constants(node), links, *own], sort_keys=True,
                           default=repr)
         return hashlib.sha256(text.encode()).hexdigest()
-
-    @staticmethod
-    def _declared(cls) -> set[str]:
-        spec = cls.INPUT_TYPES()
-        return set(spec.get("required", {})) | set(spec.get("optional", {}))
 
     def _inputs(self, prompt: dict, node_id: str, outputs: dict, extra_data: dict) -> dict[str, list]:
         cls = self.registry[prompt[node_id]["class_type"]]

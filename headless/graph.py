@@ -74,7 +74,7 @@ def resolve_node(prompt: dict, node: str, context: str) -> str:
               and v["_meta"].get("title") == node]
     if len(titled) != 1:
         raise invalid_prompt(f"{context}: no node with id or unique title {node!r}",
-                             f"node ids: {', '.join(prompt)}")
+                             _brief(f"node ids: {', '.join(prompt)}", 300))
     return titled[0]
 
 
