@@ -143,9 +143,9 @@ def test_hostile_input_exits_2_with_a_clean_message_and_writes_nothing(tmp_path,
     assert files_under(tmp_path) == before
 
 
-def test_the_installed_command_refuses_an_invalid_workflow_before_importing_diffusers(tmp_path):
-    """The exit-2 path of the real console entry point, in a fresh interpreter: a clean message, and
-    neither torch nor diffusers (seconds and most of a GB) imported to say so."""
+def test_a_fresh_process_refuses_an_invalid_workflow_before_importing_torch_or_diffusers(tmp_path):
+    """The console entry point (``loralab`` calls ``main``) in a fresh interpreter: a clean message,
+    and neither torch nor diffusers (seconds and most of a GB) imported to say so."""
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(quickstart(set_model(ESC_CLIPBOARD))))
     probe = ("import sys\nfrom loralab.headless.cli import main\nrc = main(sys.argv[1:])\n"
