@@ -10,7 +10,7 @@ from .measure import measure
 from .pipeline import LabPipeline
 from .prompts import Prompt
 from .runtime import check_interrupted, progress
-from .samplers import SamplerSpec, build_scheduler
+from .samplers import SamplerSpec
 from .scores import ScoreTable
 
 SCORE_KEYS = ("model", "sampler", "steps", "cfg", "category", "prompt", "seed")
@@ -39,27 +39,91 @@ def to_comfy_images(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 2, 3, 1).float().cpu().contiguous()
 
 
+def unet_model(lp: LabPipeline, prompt: str, negative: str, cfg: float, batch: int, width: int, height: int):
+    """``model(x_in, t)`` -> the UNet's outputs for [cond] or [cond, uncond], ``batch`` images each.
+    The unconditional pass is skipped only at cfg 1, where it cannot change the result (ComfyUI's rule)."""
+    pipe, guided = lp.pipe, cfg != 1.0
+    negative = negative or None
+    added = {}
+    if lp.family == "sdxl":
+        cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
+            prompt, device=lp.device, num_images_per_prompt=batch, do_classifier_free_guidance=guided,
+            negative_prompt=negative)
+        time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=cond.dtype,
+                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        pooled = [pooled, uncond_pooled] if guided else [pooled]
+        added = {"text_embeds": torch.cat(pooled), "time_ids": time_ids.to(lp.device).repeat(len(pooled) * batch, 1)}
+    else:
+        cond, uncond = pipe.encode_prompt(prompt, lp.device, batch, guided, negative)
+    context = torch.cat([cond, uncond] if guided else [cond])
+    chunks = 2 if guided else 1
+
+    def model(x_in, t):
+        x = torch.cat([x_in] * chunks).to(lp.dtype)
+        out = pipe.unet(x, t.float().to(lp.device), encoder_hidden_states=context,
+                        added_cond_kwargs=added or None, return_dict=False)[0]
+        return out.chunk(chunks)
+    return model
+
+
+def decode(lp: LabPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (diffusers' units, scaled by the VAE's factor) -> images ``[B,3,H,W]`` in 0..1.
+    An fp16 VAE that says it overflows (SDXL's) decodes in fp32, as diffusers' pipeline does."""
+    vae = lp.pipe.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        latents = (latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor
+                   + torch.tensor(mean).view(shape).to(latents))
+    else:
+        latents = latents / vae.config.scaling_factor
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+def encode(lp: LabPipeline, images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI ``IMAGE`` -> latents: the mode of the VAE's posterior, scaled (ComfyUI's VAE Encode
+    takes the mode, not a sample)."""
+    vae = lp.pipe.vae
+    pixels = images.permute(0, 3, 1, 2).to(lp.device, vae.dtype) * 2 - 1
+    return vae.encode(pixels).latent_dist.mode().float() * vae.config.scaling_factor
+
+
 def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: GenerateSettings,
-            pipe_for, inputs_for, extra_columns: dict) -> tuple[torch.Tensor, ScoreTable]:
+            start_for, extra_columns: dict) -> tuple[torch.Tensor, ScoreTable]:
     """The loop shared by text-to-image and image-to-image: one batch per prompt, per-image
-    seeds, progress, cost rows. ``pipe_for(scheduler)`` gives the diffusers pipeline to call and
-    ``inputs_for(index)`` the extra call arguments for prompt ``index``."""
+    seeds, progress, cost rows. ``start_for(index)`` gives prompt ``index``'s keyword arguments
+    for :func:`ksampling.sample` (latent, strength, mask)."""
+    from .ksampling import cfg_denoiser, sample
+    from .samplers import noise_levels
+
     seeds = image_seeds(s.seed, s.images_per_prompt)
+    levels = noise_levels(lp.pipe.scheduler.config)
     table = ScoreTable(SCORE_KEYS)
     batches = []
-    with progress(len(prompts) * s.steps, "generate") as bar:
+    f = lp.pipe.vae_scale_factor
+    shape = (lp.pipe.unet.config.in_channels, s.height // f, s.width // f)
+
+    def on_step():
+        bar.update(1)
+        check_interrupted()
+
+    with progress(len(prompts) * s.steps, "generate") as bar, torch.no_grad():
         for index, prompt in enumerate(prompts):
             check_interrupted()
-            pipe = pipe_for(build_scheduler(sampler, lp.pipe.scheduler.config, seeds))
-            # CPU generators give the same noise on every device (as ComfyUI does).
-            generators = [torch.Generator("cpu").manual_seed(x) for x in seeds]
             lp.prepare_vae(s.width, s.height, len(seeds))
             with measure(lp.device) as cost:
-                out = pipe(prompt.text, negative_prompt=s.negative_prompt or None,
-                           num_inference_steps=s.steps, guidance_scale=s.cfg, eta=sampler.eta,
-                           num_images_per_prompt=len(seeds), generator=generators, output_type="pt",
-                           callback_on_step_end=lambda *a: (bar.update(1), {})[1], **inputs_for(index)).images
-            batches.append(to_comfy_images(out))
+                model = unet_model(lp, prompt.text, s.negative_prompt, s.cfg, len(seeds), s.width, s.height)
+                latents = sample(sampler, cfg_denoiser(levels, model, s.cfg), levels, s.steps, seeds, shape,
+                                 lp.device, on_step, **start_for(index))
+                batches.append(to_comfy_images(decode(lp, latents)))
             for x in seeds:
                 table.rows.append({
                     "model": lp.name, "sampler": sampler.label, "steps": s.steps, "cfg": s.cfg,
@@ -73,17 +137,18 @@ def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
 
 def generate(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt],
              s: GenerateSettings) -> tuple[torch.Tensor, ScoreTable]:
-    """Text to image. Returns ComfyUI images (prompt-major order) and a table with one row per
-    image: its keys, the seconds per image and the peak memory of its batch."""
-    return _render(lp, sampler, prompts, s, lp.with_scheduler, lambda i: {"width": s.width, "height": s.height}, {})
+    """Text to image, as ComfyUI's KSampler from an empty latent. Returns ComfyUI images
+    (prompt-major order) and a table with one row per image: its keys, the seconds per image and
+    the peak memory of its batch."""
+    return _render(lp, sampler, prompts, s, lambda i: {}, {})
 
 
 def img2img(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: GenerateSettings,
             init: torch.Tensor, strength: float, mask: torch.Tensor | None = None):
-    """Image to image (SDEdit): noise ``init`` (ComfyUI ``IMAGE``; one image for all prompts or
-    one per prompt) to ``strength`` of the schedule and denoise with the prompt. Strength 0
-    returns the input unchanged; strength 1 ignores it and equals text to image from the same
-    seed. With a ``MASK`` (1 = repaint) only the masked area changes."""
+    """Image to image (SDEdit), as KSampler with denoise = ``strength`` on the VAE-encoded ``init``
+    (ComfyUI ``IMAGE``; one image for all prompts or one per prompt). Strength 0 returns the input
+    unchanged; strength 1 ignores it and equals text to image from the same seed. With a ``MASK``
+    (1 = repaint) only the masked area changes, as with ComfyUI's Set Latent Noise Mask."""
     if init.shape[0] not in (1, len(prompts)):
         raise ValueError(f"got {init.shape[0]} init images for {len(prompts)} prompts; give one image "
                          "for all prompts or one per prompt")
@@ -94,21 +159,13 @@ def img2img(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
         return init[index].float().cpu(), ScoreTable(SCORE_KEYS)
     if strength >= 1 and mask is None:
         return generate(lp, sampler, prompts, s)
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+    with torch.no_grad():
+        latents = encode(lp, init)
 
-    auto = AutoPipelineForInpainting if mask is not None else AutoPipelineForImage2Image
-
-    def pipe_for(scheduler):
-        pipe = auto.from_pipe(lp.pipe, scheduler=scheduler)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def inputs_for(index):
-        i = min(index, init.shape[0] - 1)
-        inputs = {"image": init[i:i + 1].permute(0, 3, 1, 2).to(lp.device), "strength": strength}
+    def start_for(index):
+        start = {"latent": latents[min(index, len(latents) - 1)][None], "strength": strength}
         if mask is not None:
-            inputs["mask_image"] = mask[min(index, mask.shape[0] - 1)][None, None].to(lp.device)
-            inputs.update(width=width, height=height)
-        return inputs
+            start["mask"] = mask[min(index, mask.shape[0] - 1)][None, None].to(lp.device)
+        return start
 
-    return _render(lp, sampler, prompts, s, pipe_for, inputs_for, {"strength": strength})
+    return _render(lp, sampler, prompts, s, start_for, {"strength": strength})

@@ -1,6 +1,6 @@
 """Prompts, samplers and image generation."""
 
-from ..core.samplers import SAMPLER_TOOLTIP, SAMPLERS, SCHEDULE_TOOLTIP, SCHEDULES
+from ..core.samplers import BATCH_NOISE, SAMPLER_TOOLTIP, SAMPLERS, SCHEDULE_TOOLTIP, SCHEDULES
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -32,8 +32,9 @@ class LoRALabPrompts:
 
 
 class LoRALabSampler:
-    DESCRIPTION = ("Choose a sampling algorithm and sigma schedule. Built as the matching "
-                   "diffusers scheduler from the pipeline's own config at generation time.")
+    DESCRIPTION = ("Choose a sampling algorithm and sigma schedule by ComfyUI KSampler's names; each means "
+                   "what it means there (k-diffusion's samplers, the same sigmas, noise and UNet timesteps), so "
+                   "the same seed, model and CFG give KSampler's latent at batch size 1.")
     CATEGORY = "LoRA Lab/sample"
     RETURN_TYPES = ("LL_SAMPLER",)
     RETURN_NAMES = ("sampler",)
@@ -42,18 +43,27 @@ class LoRALabSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "sampler_name": (list(SAMPLERS), {"default": "euler", "tooltip": SAMPLER_TOOLTIP}),
-            "schedule": (list(SCHEDULES), {"default": "default", "tooltip": SCHEDULE_TOOLTIP}),
-            "eta": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                    "DDIM's stochasticity (0 = deterministic DDIM, 1 = DDPM-like). Other "
-                    "samplers ignore it."}),
-        }}
+        return {
+            "required": {
+                "sampler_name": (list(SAMPLERS), {"default": "euler", "tooltip": SAMPLER_TOOLTIP}),
+                "schedule": (list(SCHEDULES), {"default": "normal", "tooltip": SCHEDULE_TOOLTIP}),
+                "eta": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                        "Step-noise scale of euler_ancestral, dpmpp_2m_sde and dpmpp_sde (the eta of ComfyUI's "
+                        "SamplerEulerAncestral / SamplerDPMPP_2M_SDE / SamplerDPMPP_SDE nodes). KSampler uses "
+                        "1.0; 0 makes them deterministic. The other samplers ignore it."}),
+            },
+            "optional": {
+                "batch_noise": (list(BATCH_NOISE), {"default": "per_image", "tooltip":
+                                "per_image: image k of a batch has its own noise from seed + k, so it is "
+                                "reproducible alone. comfyui: one noise stream for the whole batch from the "
+                                "seed, as KSampler draws it (image k then depends on the batch size)."}),
+            },
+        }
 
-    def build(self, sampler_name, schedule, eta):
+    def build(self, sampler_name, schedule, eta, batch_noise="per_image"):
         from ..core.samplers import SamplerSpec
 
-        return (SamplerSpec(sampler_name, schedule, eta),)
+        return (SamplerSpec(sampler_name, schedule, eta, batch_noise),)
 
 
 class LoRALabGenerate:
@@ -80,10 +90,12 @@ class LoRALabGenerate:
                                            "tooltip": "What to steer away from (used when cfg > 1)."}),
             "steps": ("INT", {"default": 20, "min": 1, "max": 1000, "tooltip": "Denoising steps."}),
             "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Classifier-free guidance scale; 1.0 or less skips the "
-                                         "unconditional pass (twice as fast)."}),
+                              "tooltip": "Classifier-free guidance scale, applied to the x0 estimates "
+                                         "as KSampler does; exactly 1.0 skips the unconditional pass "
+                                         "(twice as fast)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                             "tooltip": "Seed of image 0 of each prompt; image k uses seed + k."}),
+                             "tooltip": "Seed of image 0 of each prompt; image k uses seed + k (or, "
+                                        "with the Sampler's batch_noise = comfyui, one stream from the seed)."}),
             "width": ("INT", {**size, "tooltip": "Image width in pixels, a multiple of 8; "
                                                  "0 = the model's native size (64 tiny, 512 SD1.5)."}),
             "height": ("INT", {**size, "tooltip": "Image height in pixels, a multiple of 8; "

@@ -1,61 +1,56 @@
 """Generation on the embedded tiny model: samplers, determinism, per-image seeds."""
 
-import diffusers
 import pytest
 import torch
 
 from loralab.core.generate import GenerateSettings, generate
 from loralab.core.prompts import Prompt
-from loralab.core.samplers import SAMPLERS, SamplerError, SamplerSpec, build_scheduler
+from loralab.core.samplers import SAMPLERS, SCHEDULES, SamplerError, SamplerSpec
 
 CAT = [Prompt("a photo of a cat")]
 FAST = GenerateSettings(steps=4, cfg=7.5, seed=3, width=32, height=32)
 
 
-def run(tiny, name="euler", schedule="default", prompts=CAT, **settings):
+def run(tiny, name="euler", schedule="normal", prompts=CAT, eta=1.0, batch_noise="per_image", **settings):
     s = GenerateSettings(**{**FAST.__dict__, **settings})
-    return generate(tiny, SamplerSpec(name, schedule), prompts, s)
+    return generate(tiny, SamplerSpec(name, schedule, eta, batch_noise), prompts, s)
 
 
-EXPECTED = {
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-    "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh2"}),
-}
-
-
-def test_catalogue_is_the_tested_one():
-    assert set(SAMPLERS) == set(EXPECTED)
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_each_sampler_builds_the_intended_scheduler_from_the_pipeline_config(tiny, name):
-    cls_name, options = EXPECTED[name]
-    scheduler = build_scheduler(SamplerSpec(name), tiny.pipe.scheduler.config)
-    assert type(scheduler) is getattr(diffusers, cls_name)
-    for key, value in options.items():
-        assert scheduler.config[key] == value
-    base = tiny.pipe.scheduler.config
-    assert scheduler.config.beta_schedule == base.beta_schedule == "scaled_linear"
-    assert scheduler.config.beta_end == base.beta_end
-    if name != "lcm":  # LCM picks its own timesteps from the 50-step distillation grid
-        scheduler.set_timesteps(10)
-        assert int(scheduler.timesteps[0]) == 999, "sampling must start at the top noise level"
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_each_sampler_produces_finite_images(tiny, name):
     images, table = run(tiny, name)
     assert images.shape == (1, 32, 32, 3) and images.dtype == torch.float32
     assert torch.isfinite(images).all() and 0 <= images.min() and images.max() <= 1
     assert images.std() > 0.01
     assert table.rows[0]["sampler"] == name
+
+
+def test_the_tooltips_say_what_every_name_does():
+    from loralab.nodes.sample import LoRALabSampler
+
+    inputs = LoRALabSampler.INPUT_TYPES()
+    sampler_tip = inputs["required"]["sampler_name"][1]["tooltip"]
+    schedule_tip = inputs["required"]["schedule"][1]["tooltip"]
+    for name, (_, text) in SAMPLERS.items():
+        assert f"{name} = {text}" in sampler_tip
+    for name, (_, text) in SCHEDULES.items():
+        assert f"{name} = {text}" in schedule_tip
+    assert "ComfyUI" in sampler_tip and "ComfyUI" in schedule_tip
+    assert inputs["required"]["schedule"][1]["default"] == "normal"
+    assert inputs["optional"]["batch_noise"][0] == ["per_image", "comfyui"]
+
+
+def test_euler_ancestral_without_noise_is_euler_and_2m_sde_without_noise_is_2m(tiny):
+    """Two identities of the samplers' equations: eta = 0 removes the ancestral step, and the
+    midpoint 2M SDE solver at eta = 0 is DPM-Solver++(2M) (Lu et al. 2022)."""
+    torch.testing.assert_close(run(tiny, "euler_ancestral", eta=0.0)[0], run(tiny, "euler")[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(run(tiny, "dpmpp_2m_sde", "karras", eta=0.0, steps=6)[0],
+                               run(tiny, "dpmpp_2m", "karras", steps=6)[0], rtol=0, atol=1e-5)
+    assert (run(tiny, "euler_ancestral")[0] - run(tiny, "euler")[0]).abs().max() > 1e-3
+
+
+def test_default_is_normal_for_older_workflows(tiny):
+    assert torch.equal(run(tiny, "dpmpp_2m", "default")[0], run(tiny, "dpmpp_2m", "normal")[0])
 
 
 def test_same_seed_gives_the_identical_image_and_another_seed_does_not(tiny):
@@ -66,22 +61,14 @@ def test_same_seed_gives_the_identical_image_and_another_seed_does_not(tiny):
     assert (a - c).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", ["euler", "euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("name", ["euler", "euler_ancestral", "dpmpp_sde", "dpmpp_2m_sde", "lcm"])
 def test_image_k_of_a_batch_equals_that_image_generated_alone_with_seed_plus_k(tiny, name):
     batch, table = run(tiny, name, seed=10, images_per_prompt=3)
     alone, _ = run(tiny, name, seed=12, images_per_prompt=1)
     assert [r["seed"] for r in table.rows] == [10, 11, 12]
     torch.testing.assert_close(batch[2:3], alone, atol=1e-5, rtol=0)
-
-
-def test_generate_equals_the_same_diffusers_pipeline_called_directly(tiny):
-    images, _ = run(tiny, "dpmpp_2m", "karras", steps=6, seed=5, negative_prompt="blurry")
-    pipe = tiny.with_scheduler(diffusers.DPMSolverMultistepScheduler.from_config(
-        tiny.pipe.scheduler.config, algorithm_type="dpmsolver++", use_karras_sigmas=True))
-    ref = pipe("a photo of a cat", negative_prompt="blurry", num_inference_steps=6, guidance_scale=7.5,
-               width=32, height=32, generator=[torch.Generator().manual_seed(5)], output_type="pt").images
-    torch.testing.assert_close(images, ref.permute(0, 2, 3, 1), atol=1e-6, rtol=0)
-    assert type(tiny.pipe.scheduler) is diffusers.EulerDiscreteScheduler, "the shared pipeline is untouched"
+    comfy, _ = run(tiny, name, seed=10, images_per_prompt=3, batch_noise="comfyui")
+    assert (comfy[2:3] - alone).abs().max() > 1e-3, "ComfyUI's batch noise is one stream from the seed"
 
 
 def test_cfg_one_skips_the_unconditional_pass(tiny):
@@ -90,9 +77,10 @@ def test_cfg_one_skips_the_unconditional_pass(tiny):
     try:
         run(tiny, cfg=1.0, steps=2)
         run(tiny, cfg=5.0, steps=2)
+        run(tiny, cfg=0.5, steps=1)  # below 1 guidance still changes the result (ComfyUI's rule)
     finally:
         hook.remove()
-    assert calls == [1, 1, 2, 2]
+    assert calls == [1, 1, 2, 2, 2]
 
 
 def test_rows_cover_every_prompt_and_image_with_cost_columns(tiny):
@@ -106,9 +94,15 @@ def test_rows_cover_every_prompt_and_image_with_cost_columns(tiny):
         assert row["model"] == "embedded: tiny-sd" and row["steps"] == 4
 
 
-def test_unsupported_schedule_names_the_samplers_that_support_it(tiny):
-    with pytest.raises(SamplerError, match="'ddim' does not support the 'karras' schedule.*euler"):
-        build_scheduler(SamplerSpec("ddim", "karras"), tiny.pipe.scheduler.config)
+def test_bad_names_are_refused_with_the_valid_ones(tiny):
+    with pytest.raises(SamplerError, match="unknown schedule 'karas'; valid: normal, karras"):
+        run(tiny, "euler", "karas")
+    with pytest.raises(SamplerError, match="unknown sampler 'dpmpp2m'; valid: euler, euler_ancestral"):
+        run(tiny, "dpmpp2m")
+    with pytest.raises(SamplerError, match="unknown batch noise 'shared'; valid: per_image, comfyui"):
+        run(tiny, batch_noise="shared")
+    with pytest.raises(SamplerError, match="uni_pc needs at least 2 steps"):
+        run(tiny, "uni_pc", steps=1)
 
 
 def test_generate_node_checks_the_size_multiple(tiny):
@@ -127,12 +121,6 @@ def test_a_pipeline_loaded_inside_inference_mode_has_trainable_weights():
         lp = load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
     assert not any(p.is_inference() for p in lp.pipe.unet.parameters())
     assert not any(p.is_inference() for p in lp.pipe.text_encoder.parameters())
-
-
-def test_ddim_and_lcm_never_clip_latents_and_keep_sds_final_alpha(tiny):
-    for name in ("ddim", "lcm"):
-        scheduler = build_scheduler(SamplerSpec(name), tiny.pipe.scheduler.config)
-        assert scheduler.config.clip_sample is False and scheduler.config.set_alpha_to_one is False
 
 
 def test_memory_options_keep_the_result_and_bad_choices_are_named():

@@ -1,12 +1,12 @@
-"""Img2Img: strength 0 keeps the input, 1 ignores it, in between equals diffusers' own img2img."""
+"""Img2Img: strength 0 keeps the input, 1 ignores it, in between depends on it (and equals
+ComfyUI's KSampler with denoise: test_sampler_reference.py)."""
 
-import diffusers
 import pytest
 import torch
 
 from loralab.core.generate import GenerateSettings, generate, img2img
 from loralab.core.prompts import Prompt
-from loralab.core.samplers import SamplerSpec, build_scheduler
+from loralab.core.samplers import SamplerSpec
 from loralab.nodes.sample import LoRALabImg2Img
 
 CAT = [Prompt("a photo of a cat")]
@@ -28,14 +28,10 @@ def test_strength_one_ignores_the_input_and_equals_text_to_image(tiny):
 
 
 @pytest.mark.parametrize("name", ["euler", "dpmpp_2m", "ddim"])
-def test_partial_strength_equals_diffusers_img2img_and_depends_on_the_input(tiny, name):
+def test_partial_strength_depends_on_the_input(tiny, name):
+    """What partial strength computes is compared with ComfyUI's KSampler (denoise < 1) in
+    test_sampler_reference.py; here: the input matters and the table says the strength."""
     ours, table = img2img(tiny, SamplerSpec(name), CAT, S, INIT, 0.5)
-    scheduler = build_scheduler(SamplerSpec(name), tiny.pipe.scheduler.config)
-    pipe = diffusers.StableDiffusionImg2ImgPipeline(**{**tiny.pipe.components, "scheduler": scheduler})
-    with torch.inference_mode():
-        ref = pipe("a photo of a cat", image=INIT.permute(0, 3, 1, 2), strength=0.5, num_inference_steps=6,
-                   guidance_scale=5.0, generator=[torch.Generator().manual_seed(4)], output_type="pt").images
-    torch.testing.assert_close(ours, ref.permute(0, 2, 3, 1), atol=1e-5, rtol=0)
     other, _ = img2img(tiny, SamplerSpec(name), CAT, S, OTHER, 0.5)
     assert (other - ours).abs().max() > 1e-3
     assert table.rows[0]["strength"] == 0.5

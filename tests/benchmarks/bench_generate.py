@@ -23,7 +23,18 @@ import torch  # noqa: E402
 from loralab.core.generate import GenerateSettings, generate  # noqa: E402
 from loralab.core.pipeline import load_pipeline  # noqa: E402
 from loralab.core.prompts import Prompt  # noqa: E402
-from loralab.core.samplers import SAMPLERS, SamplerSpec, build_scheduler  # noqa: E402
+from loralab.core.samplers import SAMPLERS, SamplerSpec  # noqa: E402
+
+# The baseline: diffusers' scheduler of the same algorithm (the UNet passes per step match; the
+# sigmas and noise do not, which does not matter for timing).
+DIFFUSERS = {"euler": ("EulerDiscreteScheduler", {}), "ddim": ("EulerDiscreteScheduler", {}),
+             "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}), "heun": ("HeunDiscreteScheduler", {}),
+             "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+             "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+             "dpmpp_sde": ("DPMSolverSDEScheduler", {"noise_sampler_seed": 0}),
+             "uni_pc": ("UniPCMultistepScheduler", {"solver_type": "bh1", "solver_order": 3}),
+             "uni_pc_bh2": ("UniPCMultistepScheduler", {"solver_type": "bh2", "solver_order": 3}),
+             "lcm": ("LCMScheduler", {})}
 
 
 def full_size_sd15():
@@ -47,7 +58,11 @@ def bench(samplers: list[str], steps: int, repeats: int, size: int, full_size: b
             generate(lp, spec, [Prompt(prompt)], settings)
 
         def direct(spec=spec):
-            pipe = lp.with_scheduler(build_scheduler(spec, lp.pipe.scheduler.config, [0]))
+            import diffusers
+
+            cls, options = DIFFUSERS[spec.name]
+            config = {**lp.pipe.scheduler.config, "timestep_spacing": "linspace", **options}
+            pipe = lp.with_scheduler(getattr(diffusers, cls).from_config(config))
             pipe(prompt, num_inference_steps=steps, guidance_scale=7.5, width=size, height=size,
                  generator=[torch.Generator().manual_seed(0)], output_type="pt")
 

@@ -35,6 +35,11 @@ PROMPT, NEGATIVE = "a photo of a cat", "blurry"
 # ComfyUI's one noise stream for a whole batch (prepare_noise, one step-noise generator, one
 # Brownian tree): recorded for the samplers that draw step noise.
 BATCH_CASES = [("euler_ancestral", "normal"), ("dpmpp_2m_sde", "karras"), ("dpmpp_sde", "normal"), ("lcm", "normal")]
+# Image to image: KSampler with denoise < 1 on a given latent (stored), and with a noise mask
+# (Set Latent Noise Mask; ddim keeps the unmasked area with noise of its own).
+IMG2IMG_CASES = [("euler", "normal"), ("dpmpp_2m", "karras"), ("dpmpp_2m_sde", "normal"), ("uni_pc", "simple")]
+MASK_CASES = [("euler", "normal"), ("ddim", "normal"), ("euler_ancestral", "karras")]
+IMG2IMG_STEPS, IMG2IMG_DENOISE, MASK_DENOISE = 6, 0.5, 0.8
 
 
 def import_comfy(comfy_dir: str):
@@ -70,7 +75,11 @@ class Guider:
 
     def __init__(self, unet, model_sampling, cond, uncond, cfg):
         self.unet, self.cond, self.uncond, self.cfg = unet, cond, uncond, cfg
-        self.inner_model = SimpleNamespace(model_sampling=model_sampling)
+        # BaseModel.scale_latent_inpaint: the kept area, the input noised to σ.
+        self.inner_model = SimpleNamespace(model_sampling=model_sampling, scale_latent_inpaint=lambda sigma, noise,
+                                           latent_image, **kw: model_sampling.noise_scaling(
+                                               sigma.reshape([sigma.shape[0]] + [1] * (noise.ndim - 1)), noise,
+                                               latent_image))
         self.model_patcher = SimpleNamespace(get_model_object=lambda name: model_sampling)
         self.timesteps: list[int] = []
 
@@ -87,16 +96,18 @@ class Guider:
         return uncond + (cond - uncond) * self.cfg  # comfy.samplers.cfg_function
 
 
-def ksampler_run(comfy, guider, name, schedule, steps, batch):
+def ksampler_run(comfy, guider, name, schedule, steps, batch, latent=None, denoise=None, mask=None):
+    """KSampler.sample's path. ``latent`` is given in the model's units (what ``process_latent_in``
+    returns); ``mask`` at latent size (what ``prepare_mask`` returns)."""
     model = SimpleNamespace(get_model_object=lambda key: guider.inner_model.model_sampling)
-    ksampler = comfy.samplers.KSampler(model, steps, "cpu", sampler=name, scheduler=schedule)
+    ksampler = comfy.samplers.KSampler(model, steps, "cpu", sampler=name, scheduler=schedule, denoise=denoise)
     assert ksampler.sampler == name and ksampler.scheduler == schedule
-    latent = torch.zeros(batch, 4, SIZE // 4, SIZE // 4)
+    latent = torch.zeros(batch, 4, SIZE // 4, SIZE // 4) if latent is None else latent
     noise = comfy.sample.prepare_noise(latent, SEED)
     guider.timesteps = []
     extra_args = {"model_options": {}, "seed": SEED}
     out = comfy.samplers.sampler_object(name).sample(guider, ksampler.sigmas.clone(), extra_args, None, noise,
-                                                     latent, None, True)
+                                                     latent, mask, True)
     return ksampler.sigmas, torch.tensor(guider.timesteps, dtype=torch.int32), out.float(), noise
 
 
@@ -121,11 +132,25 @@ def main(comfy_dir: str) -> None:
                         f"{key}/latent": latent.contiguous()})
         tensors[f"noise/{batch}"] = noise.contiguous()
         print(key, f"{latent.abs().mean():.4f}", flush=True)
+    start = torch.randn(1, 4, SIZE // 4, SIZE // 4, generator=torch.Generator().manual_seed(123))
+    mask = torch.zeros(1, 4, SIZE // 4, SIZE // 4)
+    mask[..., : SIZE // 8] = 1.0
+    tensors.update({"img2img/start": start, "img2img/mask": mask})
+    runs = [(f"img2img/{n}/{s}", n, s, IMG2IMG_DENOISE, None) for n, s in IMG2IMG_CASES]
+    runs += [(f"masked/{n}/{s}", n, s, MASK_DENOISE, mask) for n, s in MASK_CASES]
+    for key, name, schedule, denoise, noise_mask in runs:
+        sigmas, timesteps, latent, _ = ksampler_run(comfy, guider, name, schedule, IMG2IMG_STEPS, 1, start.clone(),
+                                                    denoise, noise_mask)
+        tensors.update({f"{key}/sigmas": sigmas.float().contiguous(), f"{key}/timesteps": timesteps,
+                        f"{key}/latent": latent.contiguous()})
+        print(key, f"{latent.abs().mean():.4f}", flush=True)
     import comfyui_version
 
     meta = {"comfyui": comfyui_version.__version__, "seed": SEED, "cfg": CFG, "size": SIZE, "prompt": PROMPT,
             "negative": NEGATIVE, "schedules": comfy.samplers.SCHEDULER_NAMES, "samplers": SAMPLERS,
-            "steps": list(STEPS), "batch_cases": BATCH_CASES, "torch": torch.__version__}
+            "steps": list(STEPS), "batch_cases": BATCH_CASES, "torch": torch.__version__,
+            "img2img_steps": IMG2IMG_STEPS, "img2img_denoise": IMG2IMG_DENOISE, "mask_denoise": MASK_DENOISE,
+            "img2img_cases": IMG2IMG_CASES, "mask_cases": MASK_CASES}
     OUT.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, OUT, metadata={"recording": json.dumps(meta)})
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes, {len(cases)} cases)")
