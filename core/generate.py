@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -66,34 +67,41 @@ def unet_model(lp: LabPipeline, prompt: str, negative: str, cfg: float, batch: i
     return model
 
 
-def decode(lp: LabPipeline, latents: torch.Tensor) -> torch.Tensor:
-    """Latents (diffusers' units, scaled by the VAE's factor) -> images ``[B,3,H,W]`` in 0..1.
-    An fp16 VAE that says it overflows (SDXL's) decodes in fp32, as diffusers' pipeline does."""
+@contextmanager
+def vae_precision(lp: LabPipeline):
+    """The VAE, in fp32 while in use when it is fp16 and says it overflows there (SDXL's), as
+    diffusers' pipelines do."""
     vae = lp.pipe.vae
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        latents = (latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor
-                   + torch.tensor(mean).view(shape).to(latents))
-    else:
-        latents = latents / vae.config.scaling_factor
     if upcast:
         vae.to(torch.float32)
     try:
-        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        yield vae
     finally:
         if upcast:
             vae.to(torch.float16)
+
+
+def decode(lp: LabPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (diffusers' units, scaled by the VAE's factor) -> images ``[B,3,H,W]`` in 0..1."""
+    with vae_precision(lp) as vae:
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, -1, 1, 1)
+            latents = (latents * torch.tensor(std).view(shape).to(latents) / vae.config.scaling_factor
+                       + torch.tensor(mean).view(shape).to(latents))
+        else:
+            latents = latents / vae.config.scaling_factor
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 def encode(lp: LabPipeline, images: torch.Tensor) -> torch.Tensor:
     """ComfyUI ``IMAGE`` -> latents: the mode of the VAE's posterior, scaled (ComfyUI's VAE Encode
     takes the mode, not a sample)."""
-    vae = lp.pipe.vae
-    pixels = images.permute(0, 3, 1, 2).to(lp.device, vae.dtype) * 2 - 1
-    return vae.encode(pixels).latent_dist.mode().float() * vae.config.scaling_factor
+    with vae_precision(lp) as vae:
+        pixels = images.permute(0, 3, 1, 2).to(lp.device, vae.dtype) * 2 - 1
+        return vae.encode(pixels).latent_dist.mode().float() * vae.config.scaling_factor
 
 
 def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: GenerateSettings,
