@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from loralab.core.generate import GenerateSettings, decode, generate, img2img, unet_model
-from loralab.core.ksampling import cfg_denoiser, sample
+from loralab.core.ksampling import cfg_denoiser, initial_noise, noise_streams, sample
 from loralab.core.prompts import Prompt
 from loralab.core.samplers import SAMPLERS, SCHEDULES, SamplerSpec, noise_levels, sigmas_for
 
@@ -65,6 +65,16 @@ def test_the_conditioning_is_the_recorded_one(tiny):
     cond, uncond = tiny.pipe.encode_prompt(META["prompt"], "cpu", 1, True, META["negative"])
     torch.testing.assert_close(cond, RECORDED["cond"], rtol=0, atol=1e-6)
     torch.testing.assert_close(uncond, RECORDED["uncond"], rtol=0, atol=1e-6)
+
+
+def test_initial_noise_is_prepare_noises():
+    """ComfyUI's prepare_noise: a CPU generator seeded with the seed, one stream for the batch."""
+    seed = META["seed"]
+    single = initial_noise(noise_streams(SamplerSpec("euler"), [seed], SHAPE))
+    batch = initial_noise(noise_streams(SamplerSpec("euler", batch_noise="comfyui"), [seed, seed + 1], SHAPE))
+    assert torch.equal(single, RECORDED["noise/1"]) and torch.equal(batch, RECORDED["noise/2"])
+    per_image = initial_noise(noise_streams(SamplerSpec("euler"), [seed, seed + 1], SHAPE))
+    assert torch.equal(per_image[1:], initial_noise(noise_streams(SamplerSpec("euler"), [seed + 1], SHAPE)))
 
 
 @pytest.mark.parametrize("name,schedule,steps", CASES)
