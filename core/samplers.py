@@ -36,6 +36,8 @@ SAMPLERS: dict[str, tuple[str, str]] = {
 SAMPLER_TOOLTIP = ("Sampling algorithm: ComfyUI KSampler's sampler of the same name, as k-diffusion writes it: " +
                    "; ".join(f"{name} = {text}" for name, (_, text) in SAMPLERS.items()) + ".")
 BATCH_NOISE = ("per_image", "comfyui")
+# KSampler runs these on steps + 1 sigmas with the penultimate one dropped.
+DROP_PENULTIMATE = ("uni_pc", "uni_pc_bh2")
 
 
 class SamplerError(ValueError):
@@ -256,5 +258,3 @@ def check_spec(spec: SamplerSpec) -> None:
     if not 0 <= spec.eta <= 1 or not math.isfinite(spec.eta):
         raise SamplerError(f"eta {spec.eta} is outside 0..1")
 
-
-DROP_PENULTIMATE = ("uni_pc", "uni_pc_bh2")
