@@ -48,7 +48,8 @@ class LoRALabFIDKID:
     RETURN_NAMES = ("scores",)
     OUTPUT_TOOLTIPS = ("One row: 'set' (and the key columns that are the same for every row of "
                        "'image_scores'), fid, kid_mean, kid_std, kid_subset_size, kid_subsets, n_generated, "
-                       "n_reference, feature_dim (fid_rand, kid_mean_rand, kid_std_rand with random weights).",)
+                       "n_reference, feature_dim (fid_rand, kid_mean_rand, kid_std_rand with random weights; "
+                       "fid_world, kid_mean_world, kid_std_world with the world evaluator's features).",)
     FUNCTION = "score"
 
     @classmethod
@@ -81,11 +82,16 @@ class LoRALabFIDKID:
                                                "Generate's 'cost'); key columns with one value for the whole "
                                                "set (model, sampler, steps, ...) are copied into the row."}),
                 "pipeline": OPTIONAL_PIPELINE,
+                "features": (["inception", "world-evaluator"], {"default": "inception", "tooltip":
+                             "inception = standard FID/KID; world-evaluator = domain FID on the procedural "
+                             "world: the shipped world evaluator's 256-d features replace Inception's "
+                             "(inception_weights and feature_dim are then unused; columns fid_world, "
+                             "kid_mean_world, kid_std_world)."}),
             },
         }
 
     def score(self, generated, reference, set_label, inception_weights, feature_dim, kid_subsets,
-              kid_subset_size, batch_size, image_scores=None, pipeline=None):
+              kid_subset_size, batch_size, image_scores=None, pipeline=None, features="inception"):
         from ..core.metrics import fid, weights
         from ..core.scores import ScoreTable
 
@@ -95,16 +101,22 @@ class LoRALabFIDKID:
             if len(images) < 2:
                 raise ValueError(f"{node}: input '{name}': got {len(images)} image(s); FID and KID need at "
                                  "least 2 per set (and FID is only comparable at equal N)")
-        try:
-            random = inception_weights.strip() == weights.RANDOM_WEIGHTS
-            extractor = fid.inception(None if random else weights.find_weight_file(inception_weights, INCEPTION),
-                                      int(feature_dim))
-        except weights.WeightsError as e:
-            raise input_error(node, "inception_weights", e) from None
+        suffix = ""  # the columns say which features made them: never mistaken for a real FID
+        if features == "world-evaluator":
+            from ..core.world.evaluator import DomainFeatures, load_evaluator
+
+            extractor, suffix = DomainFeatures(load_evaluator()), "_world"
+        else:
+            try:
+                random = inception_weights.strip() == weights.RANDOM_WEIGHTS
+                extractor = fid.inception(None if random else weights.find_weight_file(inception_weights, INCEPTION),
+                                          int(feature_dim))
+            except weights.WeightsError as e:
+                raise input_error(node, "inception_weights", e) from None
+            suffix = "_rand" if random else ""
         result = fid.fid_kid(generated, reference, extractor, device_of(pipeline), batch_size, kid_subsets,
                              kid_subset_size)
-        if random:  # never mistaken for a real FID
-            result = {(f"{k}_rand" if k in ("fid", "kid_mean", "kid_std") else k): v for k, v in result.items()}
+        result = {(f"{k}{suffix}" if k in ("fid", "kid_mean", "kid_std") else k): v for k, v in result.items()}
         keys, row = ("set",), {"set": set_label}
         if image_scores is not None:
             constant = [k for k in image_scores.keys if len({repr(r.get(k)) for r in image_scores.rows}) == 1]

@@ -83,6 +83,91 @@ class LoRALabWorldPrompts:
         return (prompts, "\n".join(f"{p.category}: {p.text}" for p in prompts))
 
 
-NODE_CLASS_MAPPINGS = {"LoRALabWorldDataset": LoRALabWorldDataset, "LoRALabWorldPrompts": LoRALabWorldPrompts}
+EVALUATOR = ("STRING", {"default": "embedded: world-evaluator", "tooltip":
+                         "The world evaluator's weights: 'embedded: world-evaluator' (shipped, trained on rendered "
+                         "scenes by models/build_world.py) or an absolute path to a file of the same layout."})
+
+
+def _evaluator(node: str, name: str):
+    from ..core.world.evaluator import load_evaluator
+
+    try:
+        return load_evaluator(None if name.strip() == "embedded: world-evaluator" else name.strip())
+    except (FileNotFoundError, RuntimeError, OSError) as e:
+        raise ValueError(f"LoRA Lab: {node}: input 'evaluator': {e}") from None
+
+
+class LoRALabWorldAdherence:
+    DESCRIPTION = ("Prompt adherence in the procedural world, the offline counterpart of CLIP score: per image, "
+                   "the fraction of its caption's attributes (shape, colour, background, count, size, and "
+                   "position for one shape) that the shipped world evaluator reads in the image, plus a 1/0 "
+                   "column per attribute. Rows of prompts that are not world captions are NaN.")
+    CATEGORY = "LoRA Lab/score"
+    RETURN_TYPES = ("LL_SCORES",)
+    RETURN_NAMES = ("scores",)
+    OUTPUT_TOOLTIPS = ("One row per image: the key columns of 'image_scores' (else 'image'), world_adherence "
+                       "(0..1) and world_shape, world_colour, world_background, world_count, world_size, "
+                       "world_position (1 = recognised, 0 = not, NaN = not asked).",)
+    FUNCTION = "score"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from .score_model import OPTIONAL_IMAGE_SCORES
+
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Images to score (any size; read at 64 px)."}),
+            "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
+                        "One prompt per line: one per image, one for all, or one per equal run of images in "
+                        "order ('category: prompt' lines as World Prompts writes them). Empty: the 'prompt' "
+                        "column of 'image_scores'."}),
+            "evaluator": EVALUATOR,
+        }, "optional": {"image_scores": OPTIONAL_IMAGE_SCORES}}
+
+    def score(self, images, prompts, evaluator, image_scores=None):
+        from ..core.world.evaluator import adherence
+        from .score import check_image_scores, per_image_table
+        from .score_model import prompts_per_image
+
+        node = "World Adherence"
+        check_image_scores(f"LoRA Lab: {node}", image_scores, len(images))
+        texts = prompts_per_image(f"LoRA Lab: {node}", prompts, image_scores, len(images))
+        columns = adherence(_evaluator(node, evaluator), images, texts)
+        return (per_image_table({f"world_{k}": v for k, v in columns.items()}, len(images), image_scores),)
+
+
+class LoRALabWorldStyle:
+    DESCRIPTION = ("Probability, read by the shipped world evaluator, that each image is drawn in a style of "
+                   "the procedural world (outlined, striped, pastel, hand-drawn = wobbly), is plain (base) or "
+                   "shows the sks/ukj concept badge.")
+    CATEGORY = "LoRA Lab/score"
+    RETURN_TYPES = ("LL_SCORES",)
+    RETURN_NAMES = ("scores",)
+    OUTPUT_TOOLTIPS = ("One row per image: the key columns of 'image_scores' (else 'image') and "
+                       "world_style_<style> (0..1).",)
+    FUNCTION = "score"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from .score_model import OPTIONAL_IMAGE_SCORES
+
+        return {"required": {
+            "images": ("IMAGE", {"tooltip": "Images to score (any size; read at 64 px)."}),
+            "style": (list(VARIANTS), {"default": "striped", "tooltip": "The style whose probability is reported."}),
+            "evaluator": EVALUATOR,
+        }, "optional": {"image_scores": OPTIONAL_IMAGE_SCORES}}
+
+    def score(self, images, style, evaluator, image_scores=None):
+        from ..core.world.evaluator import style_probability
+        from .score import check_image_scores, per_image_table
+
+        check_image_scores("LoRA Lab: World Style", image_scores, len(images))
+        p = style_probability(_evaluator("World Style", evaluator), images, style)
+        return (per_image_table({f"world_style_{style}": p}, len(images), image_scores),)
+
+
+NODE_CLASS_MAPPINGS = {"LoRALabWorldDataset": LoRALabWorldDataset, "LoRALabWorldPrompts": LoRALabWorldPrompts,
+                       "LoRALabWorldAdherence": LoRALabWorldAdherence, "LoRALabWorldStyle": LoRALabWorldStyle}
 NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabWorldDataset": "LoRA Lab: Synthetic World Dataset",
-                              "LoRALabWorldPrompts": "LoRA Lab: World Prompts"}
+                              "LoRALabWorldPrompts": "LoRA Lab: World Prompts",
+                              "LoRALabWorldAdherence": "LoRA Lab: World Adherence",
+                              "LoRALabWorldStyle": "LoRA Lab: World Style"}

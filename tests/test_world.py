@@ -4,8 +4,19 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from loralab.core.world import (CATEGORIES, STYLES, VARIANTS, caption, concept_class_prompt, parse_caption, render,
-                                sample_scenes, split_of, world_dataset, world_prompts)
+from loralab.core.world import (
+    CATEGORIES,
+    STYLES,
+    VARIANTS,
+    caption,
+    concept_class_prompt,
+    parse_caption,
+    render,
+    sample_scenes,
+    split_of,
+    world_dataset,
+    world_prompts,
+)
 from loralab.core.world.render import PASTEL_MIX
 from loralab.core.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, Scene
 
@@ -144,3 +155,97 @@ def test_world_nodes_give_a_dataset_and_categorised_prompts():
     assert text.splitlines()[0] == f"challenging: {prompts[0].text}"
     with pytest.raises(ValueError, match="World Prompts: inputs standard, challenging, closeup are all off"):
         LoRALabWorldPrompts().build(4, 0, "heldout", "base", standard=False, challenging=False, closeup=False)
+
+
+# The shipped evaluator (models/world/evaluator.safetensors, built by models/build_world.py).
+
+@pytest.fixture(scope="module")
+def evaluator():
+    from loralab.core.world.evaluator import load_evaluator
+
+    return load_evaluator()
+
+
+def heldout_renders(count: int, seed: int, variant: str = "base"):
+    from loralab.core.world.evaluator import render_scenes
+
+    scenes = sample_scenes(count, seed, variant=variant, split="heldout")
+    return scenes, render_scenes(scenes)
+
+
+def test_evaluator_reads_held_out_captions_from_their_pictures(evaluator):
+    from loralab.core.world.evaluator import adherence
+
+    scenes, images = heldout_renders(150, 31)
+    right = adherence(evaluator, images, [caption(s) for s in scenes])["adherence"]
+    wrong = adherence(evaluator, images, [caption(s) for s in scenes[1:] + scenes[:1]])["adherence"]
+    assert right.mean() > 0.95 and wrong.mean() < 0.5, (right.mean(), wrong.mean())
+
+
+def test_adherence_columns_and_non_world_captions(evaluator):
+    from loralab.core.world.evaluator import CONTENT, adherence
+
+    scenes, images = heldout_renders(2, 32)
+    got = adherence(evaluator, images, [caption(scenes[0]), "a photo of a cat"])
+    assert set(got) == {"adherence", *CONTENT}
+    assert all(torch_isnan(v[1]) for v in got.values())
+    asked = [got[n][0] for n in CONTENT if not torch_isnan(got[n][0])]
+    assert got["adherence"][0] == pytest.approx(sum(asked) / len(asked))
+
+
+def torch_isnan(value) -> bool:
+    return bool(value != value)
+
+
+@pytest.mark.parametrize("style", list(STYLES) + ["concept"])
+def test_evaluator_tells_each_style_from_the_base_world(evaluator, style):
+    from loralab.core.world.evaluator import style_probability
+
+    _, styled = heldout_renders(40, 33, style)
+    _, base = heldout_renders(40, 34)
+    assert style_probability(evaluator, styled, style).mean() > 0.9
+    assert style_probability(evaluator, base, style).mean() < 0.1
+
+
+def test_missing_evaluator_file_is_named(tmp_path):
+    from loralab.core.world.evaluator import load_evaluator
+
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors.*build_world.py evaluator"):
+        load_evaluator(tmp_path / "nothing.safetensors")
+
+
+def test_world_adherence_node_gives_one_row_per_image_with_keys():
+    from loralab.core.scores import ScoreTable
+    from loralab.nodes.world import LoRALabWorldAdherence, LoRALabWorldStyle
+
+    scenes, images = heldout_renders(3, 35)
+    keys = ScoreTable(("model", "seed"), [{"model": "m", "seed": i} for i in range(3)])
+    (table,) = LoRALabWorldAdherence().score(images, "\n".join(caption(s) for s in scenes),
+                                             "embedded: world-evaluator", keys)
+    assert table.keys == ("model", "seed") and [r["seed"] for r in table.rows] == [0, 1, 2]
+    assert all(r["world_adherence"] > 0.8 for r in table.rows)
+    (styles,) = LoRALabWorldStyle().score(images, "base", "embedded: world-evaluator")
+    assert all(r["world_style_base"] > 0.5 for r in styles.rows)
+    with pytest.raises(ValueError, match="World Adherence: input 'evaluator'.*missing"):
+        LoRALabWorldAdherence().score(images, "x", "/nonexistent/e.safetensors")
+
+
+def test_domain_fid_is_small_between_world_sets_and_large_for_noise():
+    import torch
+
+    from loralab.nodes.score_model import LoRALabFIDKID
+
+    _, world_a = heldout_renders(48, 40)
+    _, world_b = heldout_renders(48, 41)
+    noise = torch.rand(48, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+
+    def fid(generated):
+        (table,) = LoRALabFIDKID().score(generated, world_b, "x", "unused", "2048", 10, 24, 16,
+                                         features="world-evaluator")
+        row = table.rows[0]
+        assert row["feature_dim"] == 256 and "fid" not in row
+        return row["fid_world"], row["kid_mean_world"]
+
+    (fid_world, kid_world), (fid_noise, kid_noise) = fid(world_a), fid(noise)
+    # KID is unbiased (≈ 0 for two world sets); FID at N = 48 in 256-d carries a large small-N bias
+    assert kid_noise > 10 * abs(kid_world) and fid_noise > 2 * fid_world

@@ -7,8 +7,7 @@ from __future__ import annotations
 from ..datasets import Dataset
 from ..prompts import Prompt
 from .render import render, render_batch
-from .scene import (CATEGORIES, CONCEPT_CLASS, STYLES, VARIANTS, Scene, caption, parse_caption, sample_scenes,
-                    split_of)
+from .scene import CATEGORIES, CONCEPT_CLASS, STYLES, VARIANTS, Scene, caption, parse_caption, sample_scenes, split_of
 
 __all__ = ["CATEGORIES", "STYLES", "VARIANTS", "Scene", "caption", "parse_caption", "render", "render_batch",
            "sample_scenes", "split_of", "world_dataset", "world_prompts", "concept_class_prompt"]

@@ -103,7 +103,8 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
         pts = pts @ rot.T
         if scene.style == "wobbly":  # a hand-drawn outline: smooth radial noise along the contour
-            dense = np.concatenate([np.linspace(p, q, 8, endpoint=False) for p, q in zip(pts, np.roll(pts, -1, 0))])
+            edges = zip(pts, np.roll(pts, -1, 0), strict=True)
+            dense = np.concatenate([np.linspace(p, q, 8, endpoint=False) for p, q in edges])
             phase = np.linspace(0, 2 * np.pi, len(dense), endpoint=False)
             wobble = sum(rng.uniform(0.02, 0.05) * np.sin(k * phase + rng.uniform(0, 2 * np.pi)) for k in (3, 5, 7))
             pts = dense * (1 + wobble)[:, None]
@@ -115,8 +116,9 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
         else:
             draw.polygon(xy, fill=255)
         image.paste(fill if fill is not None else colour, (0, 0), mask)
-        if scene.style == "wobbly":
-            ImageDraw.Draw(image).line(xy + [xy[0]], fill=(20, 20, 20), width=max(2, side // 64), joint="curve")
+        if scene.style == "wobbly":  # an ink line that shows on dark shapes too
+            ink = (20, 20, 20) if sum(colour) > 180 else (235, 235, 235)
+            ImageDraw.Draw(image).line(xy + [xy[0]], fill=ink, width=max(2, side // 64), joint="curve")
     return np.asarray(image.resize((size, size), Image.Resampling.BOX))
 
 

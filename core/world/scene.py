@@ -91,7 +91,8 @@ _WORDS = {w: n for n, w in COUNT_WORDS.items()} | {"a": 1, "an": 1}
 _CAPTION = re.compile(
     r"^(?:a close-up of (?:a|an) (?P<c_colour>[a-z]+) (?P<c_shape>[a-z]+)"
     r"|(?P<count>a|an|one|two|three) (?P<size>small|medium|large) (?P<colour>[a-z]+) (?P<shape>[a-z]+))"
-    r" on a (?P<background>[a-z]+) background(?: (?P<position>(?:on|at|in) the [a-z ]+?))?(?:, (?P<style>in [a-z -]+ style))?$")
+    r" on a (?P<background>[a-z]+) background(?: (?P<position>(?:on|at|in) the [a-z ]+?))?"
+    r"(?:, (?P<style>in [a-z -]+ style))?$")
 
 
 def parse_caption(text: str) -> dict | None:
@@ -127,7 +128,8 @@ def split_of(scene: Scene) -> str:
 
 def _draw(rng: np.random.Generator, category: str, style: str) -> Scene:
     background = str(rng.choice(list(BACKGROUNDS)))
-    colours = [c for c in COLOURS if c != background]  # a shape never vanishes into its background
+    # a shape never vanishes into its background, and a pastel white would look like plain white
+    colours = [c for c in COLOURS if c != background and not (style == "pastel" and c == "white")]
     if style == "concept":
         size = "closeup" if category == "closeup" else str(rng.choice(["medium", "large"]))
         return Scene(CONCEPT_CLASS, CONCEPT_COLOURS[0], background, size, "center", 1, style, category,
