@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,7 +22,7 @@ def test_save_image_embeds_the_api_graph_and_ui_workflow_as_png_text(output_dir)
         assert img.size == (24, 16)
         assert json.loads(img.text["prompt"]) == PROMPT
         assert json.loads(img.text["workflow"]) == WORKFLOW
-        saved = torch.tensor(list(img.getdata()), dtype=torch.float32).view(16, 24, 3) / 255
+        saved = torch.tensor(np.asarray(img), dtype=torch.float32) / 255
     torch.testing.assert_close(saved, IMAGES[0], atol=0.5 / 255 + 1e-6, rtol=0)
 
 
