@@ -44,7 +44,7 @@ def save_images(images: torch.Tensor, root: Path, filename_prefix: str, prompt: 
     entries, number = [], 0
     for image in images:
         picture = to_pil(image)
-        number, (path,) = write_numbered(
-            folder, stem, {"png": lambda p: atomic_save_png(picture, p, info, compress_level)}, number + 1)
+        write = {"png": lambda p, picture=picture: atomic_save_png(picture, p, info, compress_level)}
+        number, (path,) = write_numbered(folder, stem, write, number + 1)
         entries.append({"filename": path.name, "subfolder": "" if subfolder == "." else subfolder})
     return entries

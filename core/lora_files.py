@@ -131,7 +131,7 @@ def check_lora_shapes(kohya: dict[str, torch.Tensor], weights: dict[str, tuple[s
             raise ValueError(f"LoRA module {name!r} has a {'lora_up' if down is None else 'lora_down'} weight "
                              "but no matching lora_down/lora_up")
 
-        def refuse(part: str, needed: str):
+        def refuse(part: str, needed: str, name=name, parts=parts):
             raise ValueError(f"key {name + part!r} has shape {list(parts[part].shape)}; {needed}")
 
         if down.ndim not in (2, 4):

@@ -499,7 +499,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
             _set_rng_state(state["rng"], device)
         step, losses, lrs = state["step"], state["losses"].tolist(), state["lrs"].tolist()
         saved = state.get("validation", {"steps": torch.zeros(0), "images": []})
-        validations = list(zip(saved["steps"].tolist(), saved["images"]))
+        validations = list(zip(saved["steps"].tolist(), saved["images"], strict=True))
     start = time.perf_counter()
     with measure(device) as cost:
         while step < spec.steps:

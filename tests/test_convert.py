@@ -99,7 +99,7 @@ def test_api_to_ui_lays_out_widget_values_where_the_frontend_reads_them():
         expected = laid_out[entry["id"]]
         assert len(entry["widgets_values"]) >= len(expected)
         assert all(ours == theirs or (theirs in CONTROL_MODES and ours == "fixed")
-                   for ours, theirs in zip(entry["widgets_values"], expected))
+                   for ours, theirs in zip(entry["widgets_values"], expected, strict=False))
 
 
 class ListNode:

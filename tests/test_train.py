@@ -79,7 +79,8 @@ def test_resume_equals_training_straight_through(tiny, data, tmp_path):
     assert resumed.step == 8 and resumed.losses == straight.losses and resumed.lrs == straight.lrs
     assert all(torch.equal(resumed.unet_state[k], straight.unet_state[k]) for k in straight.unet_state)
     assert [s for s, _ in resumed.validation_images] == [3, 6]
-    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(resumed.validation_images, straight.validation_images))
+    pairs = zip(resumed.validation_images, straight.validation_images, strict=True)
+    assert all(torch.equal(a, b) for (_, a), (_, b) in pairs)
 
 
 def test_gradient_clipping_really_clips(tiny, data, monkeypatch):
