@@ -59,7 +59,7 @@ def test_node_declaration_is_well_formed(node_id, cls):
 
 
 def test_importing_the_pack_loads_no_heavy_or_comfyui_modules():
-    code = ("import sys, loralab; heavy = {'torch', 'diffusers', 'transformers', 'comfy', "
+    code = ("import sys, loralab; heavy = {'torch', 'diffusers', 'transformers', 'numpy', 'PIL', 'comfy', "
             "'folder_paths'} & set(sys.modules); print(sorted(heavy)); assert not heavy")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,13 +11,12 @@ from loralab.core.world import (
     caption,
     concept_class_prompt,
     parse_caption,
-    render,
     sample_scenes,
     split_of,
     world_dataset,
     world_prompts,
 )
-from loralab.core.world.render import PASTEL_MIX
+from loralab.core.world.render import PASTEL_MIX, render
 from loralab.core.world.scene import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, Scene
 
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from ..datasets import Dataset
 from ..prompts import Prompt
-from .render import render, render_batch
 from .scene import CATEGORIES, CONCEPT_CLASS, STYLES, VARIANTS, Scene, caption, parse_caption, sample_scenes, split_of
 
-__all__ = ["CATEGORIES", "STYLES", "VARIANTS", "Scene", "caption", "parse_caption", "render", "render_batch",
-           "sample_scenes", "split_of", "world_dataset", "world_prompts", "concept_class_prompt"]
+__all__ = ["CATEGORIES", "STYLES", "VARIANTS", "Scene", "caption", "parse_caption", "sample_scenes", "split_of",
+           "world_dataset", "world_prompts", "concept_class_prompt"]
 
 
 def world_dataset(variant: str, count: int, seed: int, categories=CATEGORIES, size: int = 64) -> Dataset:
     """A training set of ``count`` rendered scenes (the train half of the caption space)."""
+    from .render import render_batch  # numpy and PIL only when images are drawn
+
     scenes = sample_scenes(count, seed, tuple(categories), variant, split="train")
     return Dataset(render_batch(scenes, size), [caption(s) for s in scenes],
                    [f"world {variant} seed {seed} #{i} ({s.category})" for i, s in enumerate(scenes)])

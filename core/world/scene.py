@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon", "heart")
 COLOURS = {  # name -> sRGB; the names CLIP-style text encoders know
@@ -155,6 +157,8 @@ def sample_scenes(count: int, seed: int, categories=CATEGORIES, variant: str = "
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown or not categories:
         raise ValueError(f"categories {list(categories)!r} must be a non-empty subset of {', '.join(CATEGORIES)}")
+    import numpy as np  # here, not at import: the node catalogue imports this module
+
     rng = np.random.default_rng([seed, VARIANTS.index(variant)])
     scenes: list[Scene] = []
     while len(scenes) < count:
