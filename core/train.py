@@ -55,6 +55,9 @@ class TrainSpec:
     validation_every: int = 0  # 0 = no validation images
     validation_prompt: str = ""
     distill: LCMSpec | None = None  # LCM-LoRA distillation instead of the denoising loss
+    # Fraction of examples trained on the unconditional input (SD1: the empty prompt; SDXL: zeros,
+    # as its pipelines guide), which classifier-free guidance needs; pretraining uses 0.1.
+    caption_dropout: float = 0.0
 
 
 @dataclass
@@ -96,6 +99,9 @@ class TrainResult:
         return self.states.get("text_encoder", {})
 
 
+ENCODE_CHUNK = 32
+
+
 @torch.no_grad()
 def encode_dataset(pipe, images, captions: list[str], weights: list[float] | None = None) -> TrainingData:
     """Encode ComfyUI images ``[N,H,W,3]`` in 0..1 (or a list of ``[H,W,3]`` of several sizes, from
@@ -103,9 +109,12 @@ def encode_dataset(pipe, images, captions: list[str], weights: list[float] | Non
     used, so the cache is deterministic."""
     device, dtype = pipe.unet.device, pipe.vae.dtype
     scale = pipe.vae.config.scaling_factor
-    latents = [pipe.vae.encode(image.permute(2, 0, 1)[None].to(device, dtype) * 2 - 1).latent_dist.mean[0] * scale
-               for image in images]
     sizes = [tuple(image.shape[:2]) for image in images]
+    # one size: encoded in chunks (a pretraining set has tens of thousands); buckets: one by one
+    chunk = ENCODE_CHUNK if len(set(sizes)) == 1 else 1
+    latents = [x for k in range(0, len(images), chunk)
+               for x in pipe.vae.encode(torch.stack(list(images[k:k + chunk])).permute(0, 3, 1, 2).to(device, dtype)
+                                        * 2 - 1).latent_dist.mean * scale]
     tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
     example_weights = torch.tensor(weights, dtype=torch.float32) if weights else None
@@ -127,6 +136,7 @@ def encode_dataset(pipe, images, captions: list[str], weights: list[float] | Non
                         tokens_2)
 
 
+@torch.no_grad()
 def empty_prompt_embedding(pipe) -> torch.Tensor:
     """The SD1 text encoder's output for "" (``[1, 77, D]``): classifier-free guidance's unconditional input."""
     tokens = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -214,6 +224,15 @@ def lora_state(model) -> dict[str, torch.Tensor]:
 
 
 ADAPTER = "loralab_train"
+# The ``targets`` of a component trained in full (every parameter) rather than through adapters.
+FULL = ["*"]
+
+
+def trained_state(model, targets: list[str]) -> dict[str, torch.Tensor]:
+    """What training changed in ``model``: every weight when trained in full, else the adapters."""
+    if targets == FULL:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return lora_state(model)
 
 
 @contextmanager
@@ -326,9 +345,11 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
     for tensor in (*latents, data.embeddings) + ((data.weights,) if data.weights is not None else ()):
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     train = {**asdict(spec), "checkpoint_every": None}
-    if train["distill"] is None:  # so that checkpoints from before distillation existed still resume
-        del train["distill"]
-    settings = {"noise": asdict(noise), "lora": asdict(lcfg), "train": train}
+    # fields added later are left out at their defaults, so older checkpoints still resume
+    for name, default in (("distill", None), ("caption_dropout", 0.0)):
+        if train[name] == default:
+            del train[name]
+    settings = {"noise": asdict(noise), "lora": asdict(lcfg) if lcfg is not None else "full", "train": train}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -340,8 +361,8 @@ def _save_checkpoint(folder: Path, step: int, models: dict, optimizer, schedule,
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".checkpoint."))
     try:
-        weights = {f"{name}.{k}": v.contiguous() for name, (model, _) in models.items()
-                   for k, v in lora_state(model).items()}
+        weights = {f"{name}.{k}": v.contiguous() for name, (model, targets) in models.items()
+                   for k, v in trained_state(model, targets).items()}
         save_file(weights, tmp / "adapter.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                     "batches": batches.state(), "noise_generator": noise_gen.get_state(), "rng": _rng_state(device),
@@ -422,6 +443,71 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
                 pipe.unet.disable_gradient_checkpointing()
 
 
+def train_full(pipe, data: TrainingData, noise: NoiseStrategy, spec: TrainSpec, text_encoder: bool = False,
+               checkpoint_dir: Path | None = None, progress=None, validation=None) -> TrainResult:
+    """Full fine-tuning: every weight of ``pipe``'s UNet (and of its text encoder(s) with
+    ``text_encoder``) trains, in place: the caller hands over modules it owns (``finetune_from_images``
+    copies them first). The same loop, noise strategy, checkpoints and resume as LoRA training;
+    ``states`` holds whole state dicts."""
+    names = ["unet"] + ([n for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None]
+                        if text_encoder else [])
+    device = pipe.unet.device
+    for name in names:
+        if getattr(pipe, name).dtype != torch.float32:
+            raise ValueError(f"full fine-tuning trains the {name} in fp32 but it was loaded as "
+                             f"{getattr(pipe, name).dtype}; load the model with dtype fp32 (mixed_precision "
+                             "bf16 gives the speed)")
+    if spec.distill is not None:
+        raise ValueError("LCM distillation trains a LoRA; use Train LoRA for it")
+    with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode(False), torch.enable_grad(), \
+            fp32_math(spec.fp32_math, device):
+        models = {}
+        for name in names:
+            model = getattr(pipe, name)
+            model.requires_grad_(True)
+            model.train()
+            models[name] = (model, FULL)
+        try:
+            return _train(pipe, models, data, noise, None, spec, checkpoint_dir, progress, validation)
+        finally:
+            for model, _ in models.values():
+                model.requires_grad_(False)
+                model.eval()
+            pipe.unet.disable_gradient_checkpointing()
+
+
+def finetune_from_images(lp, images, captions: list[str], noise: NoiseStrategy, spec: TrainSpec,
+                         text_encoder: bool = False, checkpoint_dir: Path | None = None, name: str = "finetuned"):
+    """Fine-tune copies of ``lp``'s UNet (and text encoders) on ``images``; returns a new
+    ``LabPipeline`` holding them beside ``lp``'s other components, and the ``TrainResult``. ``lp``
+    itself is left untouched (other nodes share it)."""
+    import copy
+
+    from .pipeline import LabPipeline
+    from .runtime import progress
+
+    if len(captions) not in (1, len(images)):
+        raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
+                         "images or one per image")
+    captions = captions * len(images) if len(captions) == 1 else captions
+    spec = steps_for(spec, len(images))
+    with torch.inference_mode(False):
+        data = encode_dataset(lp.pipe, [image.clone() for image in images], captions)
+        if spec.caption_dropout and lp.family == "sd1":
+            data.uncond = empty_prompt_embedding(lp.pipe)
+        pipe = copy.copy(lp.pipe)
+        names = ["unet"] + (["text_encoder", "text_encoder_2"] if text_encoder else [])
+        for component in names:
+            if getattr(pipe, component, None) is not None:
+                setattr(pipe, component, copy.deepcopy(getattr(pipe, component)))
+    tuned = LabPipeline(pipe, name=f"{lp.name} + {name}", family=lp.family, vae_mode=lp.vae_mode,
+                        loras=list(lp.loras))
+    with progress(spec.steps, "fine-tune") as bar:
+        result = train_full(pipe, data, noise, spec, text_encoder, checkpoint_dir,
+                            progress=lambda step, loss: bar.update(1))
+    return tuned, result
+
+
 def steps_for(spec: TrainSpec, n_examples: int) -> TrainSpec:
     """Resolve ``epochs`` into optimizer steps (each step sees batch_size x grad_accum examples)."""
     import dataclasses
@@ -464,7 +550,8 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     scaler = torch.amp.GradScaler(device.type, enabled=spec.mixed_precision == "fp16")
     text_encoder = models.get("text_encoder", (None,))[0]
     text_encoder_2 = models.get("text_encoder_2", (None,))[0]
-    params = [p for model, _ in models.values() for n, p in model.named_parameters() if "lora_" in n]
+    params = [p for model, targets in models.values() for n, p in model.named_parameters()
+              if targets == FULL or (targets and "lora_" in n)]
     optimizer = _optimizer(params, spec)
     schedule = _lr_schedule(optimizer, spec)
     buckets = None if isinstance(data.latents, torch.Tensor) else [tuple(x.shape) for x in data.latents]
@@ -477,6 +564,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     uncond = data.uncond.to(device) if data.uncond is not None else None
     tokens = data.tokens.clone().to(device) if text_encoder is not None else None
     tokens_2 = data.tokens_2.clone().to(device) if text_encoder_2 is not None else None
+    dropout = _CaptionDropout(pipe, spec.caption_dropout, uncond, device)
     step, losses, lrs, validations = 0, [], [], []
     torch.manual_seed(_derived_seed(spec.seed, 2))  # LoRA dropout's masks: peft's nn.Dropout draws from it
     signature = run_signature(data, noise, lcfg, spec)
@@ -488,7 +576,9 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
                              "use another run name to start afresh, or delete that folder")
         weights = load_file(resume / "adapter.safetensors")
         for name, (model, targets) in models.items():
-            if targets:
+            if targets == FULL:
+                model.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
+            elif targets:
                 set_peft_model_state_dict(model, {k[len(name) + 1:]: v for k, v in weights.items()
                                                   if k.startswith(name + ".")}, adapter_name=ADAPTER)
         optimizer.load_state_dict(state["optimizer"])
@@ -510,13 +600,15 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
                 index = batches.next()
                 x0 = _take(latents, index)
                 added = {k: v[index].to(device) for k, v in data.added_cond.items()} or None
+                drop = dropout.draw(len(index), noise_gen)
                 if text_encoder is not None:
-                    cond, pooled = encode_text(text_encoder, tokens[index], text_encoder_2,
+                    cond, pooled = encode_text(text_encoder, dropout.tokens(tokens[index], drop), text_encoder_2,
                                                tokens_2[index] if tokens_2 is not None else None)
                     if pooled is not None:
                         added["text_embeds"] = pooled
                 else:
                     cond = embeddings[index]
+                cond = dropout.apply(cond, added, drop, encoded=text_encoder is not None)
                 if spec.distill is not None:
                     per_sample = lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec.distill,
                                                       noise.prediction, noise_gen, autocast, added)
@@ -551,11 +643,55 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
                                  signature, validations, device)
             if progress is not None:
                 progress(step, total)
-    states = {name: lora_state(model) for name, (model, model_targets) in models.items() if model_targets}
+    states = {name: trained_state(model, model_targets) for name, (model, model_targets) in models.items()
+              if model_targets}
     targets = [t for _, model_targets in models.values() for t in model_targets]
     return TrainResult(states, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
                        sum(p.numel() for p in params), step,
-                       {"noise": asdict(noise), "train": asdict(spec), "lora": asdict(lcfg)}, validations)
+                       {"noise": asdict(noise), "train": asdict(spec),
+                        "lora": asdict(lcfg) if lcfg is not None else None}, validations)
+
+
+class _CaptionDropout:
+    """Which examples of a batch train unconditionally, and their inputs. SD1 guides with the empty
+    prompt's encoding (its tokens when the text encoder trains, else its cached embedding); SDXL's
+    pipelines guide with zeros for both the hidden states and the pooled embedding. The draws come
+    from the noise generator, and none are made at rate 0 (runs without dropout are unchanged)."""
+
+    def __init__(self, pipe, rate: float, uncond: torch.Tensor | None, device: torch.device):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"caption_dropout {rate} must be in [0, 1)")
+        self.rate, self.uncond = rate, uncond
+        self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
+        self.empty = None
+        if rate and not self.sdxl:
+            self.empty = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                                        truncation=True, return_tensors="pt").input_ids.to(device)
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        return torch.rand(n, generator=generator) < self.rate if self.rate else None
+
+    def tokens(self, tokens: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        if drop is None or self.sdxl:
+            return tokens
+        return torch.where(drop.to(tokens.device)[:, None], self.empty, tokens)
+
+    def apply(self, cond: torch.Tensor, added: dict | None, drop: torch.Tensor | None,
+              encoded: bool) -> torch.Tensor:
+        """Cached SD1 embeddings get the empty prompt's (``encoded``: SD1 hidden states already come
+        from the empty tokens); SDXL inputs are zeroed (in ``added`` too)."""
+        if drop is None:
+            return cond
+        keep = (~drop).to(cond.device, cond.dtype)
+        if self.sdxl:
+            added["text_embeds"] = added["text_embeds"] * keep[:, None]
+            return cond * keep[:, None, None]
+        if encoded:
+            return cond
+        if self.uncond is None:
+            raise ValueError("caption dropout with cached SD1 embeddings needs the empty prompt's embedding "
+                             "(TrainingData.uncond)")
+        return cond * keep[:, None, None] + self.uncond.to(cond.dtype) * (1 - keep)[:, None, None]
 
 
 def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: NoiseStrategy, lcfg: LoRAConfigSpec,
