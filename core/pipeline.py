@@ -6,6 +6,7 @@ start-up, which must stay light."""
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,7 +16,11 @@ from .checkpoints import DIFFUSERS_PREFIX, MODELS_DIR, ModelError, available_mod
 if TYPE_CHECKING:
     import torch
 
-EMBEDDED = {"embedded: tiny-sd": MODELS_DIR / "tiny-sd"}
+WORLD_DIR = MODELS_DIR / "world"
+# The world's models share one VAE and the CLIP tokenizer (models/build_world.py trains them).
+EMBEDDED = {"embedded: world-student": WORLD_DIR / "student", "embedded: world-teacher": WORLD_DIR / "teacher",
+            "embedded: tiny-sd": MODELS_DIR / "tiny-sd"}
+DEFAULT_MODEL = "embedded: world-student"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 ATTENTION = ("auto", "sdpa", "sliced")
@@ -85,6 +90,8 @@ def model_signature(name: str) -> str:
     if path is None:
         return name
     files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+    if path.parent == WORLD_DIR:
+        files += sorted((WORLD_DIR / "vae").glob("*.safetensors"))
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists())
 
 
@@ -148,6 +155,8 @@ def _load(name: str, dtype):
 
     from .checkpoints import load_diffusers_folder, load_single_file
 
+    if name in EMBEDDED and EMBEDDED[name].parent == WORLD_DIR:
+        return _load_world(EMBEDDED[name], dtype)
     if name in EMBEDDED:
         with warnings.catch_warnings():
             # diffusers >= 0.36 renamed torch_dtype to dtype; the old name works on every version.
@@ -164,3 +173,22 @@ def _load(name: str, dtype):
     if name.startswith(DIFFUSERS_PREFIX):
         return load_diffusers_folder(models[name], dtype)
     return load_single_file(models[name], dtype)
+
+
+def _load_world(folder, dtype):
+    """A world model: its own UNet, text encoder(s) and scheduler, plus the shared world VAE and the
+    CLIP tokenizer(s) (fp16 files, loaded in ``dtype``)."""
+    from diffusers import AutoencoderKL, DiffusionPipeline
+
+    from .checkpoints import _tokenizers
+
+    index = json.loads((folder / "model_index.json").read_text())
+    family = "sdxl" if index["_class_name"] == "StableDiffusionXLPipeline" else "sd1"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        vae = AutoencoderKL.from_pretrained(WORLD_DIR / "vae", torch_dtype=dtype, local_files_only=True)
+        extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
+                                             "requires_safety_checker": False}
+        pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, vae=vae,
+                                                 **_tokenizers(family), **extra)
+    return pipe, family

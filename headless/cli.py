@@ -76,7 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("workflows", help="list the shipped workflows and experiments")
     listing.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     listing.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+    world = sub.add_parser("build-world", help="retrain a shipped world model (models/build_world.py recipes)")
+    world.add_argument("what", choices=WORLD_RECIPES)
+    world.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    world.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+# The recipes in models/build_world.py, in the order they depend on each other.
+WORLD_RECIPES = ("evaluator", "vae", "vae-decoder", "student", "teacher", "evaluate")
+
+
+def cmd_build_world(args) -> int:
+    """Run a recipe of models/build_world.py (shipped beside the package) as its own script does."""
+    import runpy
+
+    from ..core.checkpoints import MODELS_DIR
+
+    sys.argv = ["build_world.py", args.what]
+    runpy.run_path(str(MODELS_DIR / "build_world.py"), run_name="__main__")
+    return 0
 
 
 def _quiet_libraries() -> None:
@@ -208,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _prepare(args)
     escape_logs()
-    commands = {"run": cmd_run, "convert": cmd_convert, "nodes": cmd_nodes, "workflows": cmd_workflows}
+    commands = {"run": cmd_run, "convert": cmd_convert, "nodes": cmd_nodes, "workflows": cmd_workflows,
+                "build-world": cmd_build_world}
     try:
         if args.command == "sweep":
             from .sweep_cli import cmd_sweep

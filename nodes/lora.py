@@ -53,12 +53,15 @@ class LoRALabTrainConfig:
                       "tooltip": "Adam/AdamW β1 (SGD: momentum)."}),
             "beta2": ("FLOAT", {"default": 0.999, "min": 0.0, "max": 0.99999, "step": 0.0001, "round": False,
                       "tooltip": "Adam/AdamW β2 (seed 002: 0.999)."}),
+            "caption_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                                "Fraction of examples trained without their caption (SD1: the empty prompt; "
+                                "SDXL: zeros), so classifier-free guidance keeps working; pretraining uses 0.1."}),
         }}
 
     def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",
               gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0,
               mixed_precision="no", gradient_checkpointing=False, epochs=0, validation_every=0,
-              validation_prompt="", fp32_math="highest", beta1=0.9, beta2=0.999):
+              validation_prompt="", fp32_math="highest", beta1=0.9, beta2=0.999, caption_dropout=0.0):
         from ..core.train import TrainSpec
 
         return (TrainSpec(steps=steps, batch_size=batch_size, grad_accum=gradient_accumulation, optimizer=optimizer,
@@ -67,7 +70,7 @@ class LoRALabTrainConfig:
                           checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
                           gradient_checkpointing=gradient_checkpointing, epochs=epochs,
                           validation_every=validation_every, validation_prompt=validation_prompt,
-                          fp32_math=fp32_math, beta1=beta1, beta2=beta2),)
+                          fp32_math=fp32_math, beta1=beta1, beta2=beta2, caption_dropout=caption_dropout),)
 
 
 class LoRALabTrainLoRA:
@@ -110,19 +113,11 @@ class LoRALabTrainLoRA:
 
     def train(self, pipeline, noise, lora_config, train_config, run_name, dataset=None, images=None,
               captions="a photo in sks style", distill=None):
-        from ..core import runtime
-        from ..core.files import UnsafePathError, clean_stale_temp, confined_folder, relative_parts
         from ..core.lora_files import merged_copy
         from ..core.scores import ScoreTable
         from ..core.train import train_from_images
 
-        root, under = runtime.write_root("checkpoints")
-        try:
-            checkpoints = confined_folder(root, [*under, *relative_parts(run_name)])
-        except UnsafePathError as e:
-            raise ValueError(f"LoRA Lab: Train LoRA: input 'run_name': {e}") from None
-        # What core.train's checkpoint writer leaves behind when the process is killed mid-write.
-        clean_stale_temp(checkpoints, (".checkpoint.", ".latest."))
+        checkpoints = _checkpoint_folder("Train LoRA", run_name)
         if distill is not None:
             import dataclasses
 
@@ -131,13 +126,7 @@ class LoRALabTrainLoRA:
                                  f"only; got train_unet={lora_config.train_unet}, text_encoder_rank="
                                  f"{lora_config.text_encoder_rank} in lora_config")
             train_config = dataclasses.replace(train_config, distill=distill)
-        weights = None
-        if dataset is not None:
-            images, lines, weights = dataset.images, dataset.captions, dataset.weights or None
-        elif images is not None:
-            lines = [c.strip() for c in captions.splitlines() if c.strip()]
-        else:
-            raise ValueError("LoRA Lab: Train LoRA: connect a dataset, or images (with captions)")
+        images, lines, weights = _examples("Train LoRA", dataset, images, captions)
         lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, checkpoints, run_name,
                                  weights)
         pipe, _ = merged_copy(pipeline.pipe, lora.tensors, 1.0, 1.0)
@@ -151,6 +140,89 @@ class LoRALabTrainLoRA:
         shots = [batch for _, batch in lora.validation_images]
         validation = torch.cat(shots) if shots else torch.zeros(0, *images[0].shape[:2], 3)
         return (lora, applied, ScoreTable(("model", "lora"), [row]), validation)
+
+
+def _checkpoint_folder(node: str, run_name: str):
+    """``<output>/loralab_checkpoints/<run_name>`` (confined), cleared of half-written checkpoints."""
+    from ..core import runtime
+    from ..core.files import UnsafePathError, clean_stale_temp, confined_folder, relative_parts
+
+    root, under = runtime.write_root("checkpoints")
+    try:
+        checkpoints = confined_folder(root, [*under, *relative_parts(run_name)])
+    except UnsafePathError as e:
+        raise ValueError(f"LoRA Lab: {node}: input 'run_name': {e}") from None
+    # What core.train's checkpoint writer leaves behind when the process is killed mid-write.
+    clean_stale_temp(checkpoints, (".checkpoint.", ".latest."))
+    return checkpoints
+
+
+def _examples(node: str, dataset, images, captions: str):
+    """(images, captions, per-example weights or None) from a dataset or from images + caption lines."""
+    if dataset is not None:
+        return dataset.images, dataset.captions, dataset.weights or None
+    if images is not None:
+        return images, [c.strip() for c in captions.splitlines() if c.strip()], None
+    raise ValueError(f"LoRA Lab: {node}: connect a dataset, or images (with captions)")
+
+
+class LoRALabFineTune:
+    DESCRIPTION = ("Full fine-tuning: every weight of the UNet (and of the text encoders, if chosen) trains, "
+                   "as DreamBooth's and the pretraining recipes do; seed 003 compares it with LoRA. Same noise "
+                   "strategy, train config, checkpoints and exact resume as Train LoRA. The input pipeline is "
+                   "left unchanged: the result holds trained copies.")
+    CATEGORY = "LoRA Lab/train"
+    RETURN_TYPES = ("LL_PIPELINE", "LL_SCORES")
+    RETURN_NAMES = ("pipeline", "cost")
+    OUTPUT_TOOLTIPS = ("The fine-tuned model (the input's VAE and tokenizers, trained copies of the rest).",
+                       "One row: training seconds, peak memory, trainable parameters, final loss.")
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": ("LL_PIPELINE", {"tooltip": "Base model; loaded in fp32 (full fine-tuning trains its "
+                                         "weights in place, on a copy)."}),
+            "noise": ("LL_NOISE", {"tooltip": "Noise strategy (LoRA Lab: Noise Strategy)."}),
+            "train_config": ("LL_TRAIN_CONFIG", {"tooltip": "Optimisation settings (LoRA Lab: Train Config); "
+                                                 "full fine-tuning wants a lower learning rate than LoRA "
+                                                 "(DreamBooth: 5e-6 on SD1.5)."}),
+            "run_name": ("STRING", {"default": "finetune", "tooltip": "Checkpoints go to <output>/"
+                                    "loralab_checkpoints/<run_name>; the same name resumes."}),
+            "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip":
+                                   "Train the text encoder(s) too (SDXL: both)."}),
+        }, "optional": {
+            "dataset": ("LL_DATASET", {"tooltip": "Images with captions; or give images and captions below."}),
+            "images": ("IMAGE", {"tooltip": "Training images (a batch)."}),
+            "captions": ("STRING", {"multiline": True, "default": "a photo in sks style", "tooltip":
+                         "With images: one caption per line, one per image in order; or one for all."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, run_name=None):
+        from ..core.files import validate_name
+
+        return validate_name(run_name)
+
+    def train(self, pipeline, noise, train_config, run_name, train_text_encoder, dataset=None, images=None,
+              captions="a photo in sks style"):
+        from ..core.scores import ScoreTable
+        from ..core.train import finetune_from_images
+
+        checkpoints = _checkpoint_folder("Fine-tune Model", run_name)
+        images, lines, weights = _examples("Fine-tune Model", dataset, images, captions)
+        if weights:
+            raise ValueError("LoRA Lab: Fine-tune Model: input 'dataset': per-example weights (prior "
+                             "preservation) are supported by Train LoRA only for now")
+        try:
+            tuned, result = finetune_from_images(pipeline, images, lines, noise, train_config, train_text_encoder,
+                                                 checkpoints, run_name)
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Fine-tune Model: {e}") from None
+        row = {"model": tuned.name, "lora": "", "rank": "full", "alpha": "",
+               "train_seconds": result.seconds, "train_peak_memory_mb": result.peak_memory_mb,
+               "trainable_parameters": result.trainable_parameters, "final_loss": result.losses[-1]}
+        return (tuned, ScoreTable(("model", "lora"), [row]))
 
 
 class LoRALabApplyLoRA:
@@ -388,11 +460,12 @@ class LoRALabLCMDistillConfig:
 
 
 NODE_CLASS_MAPPINGS = {"LoRALabTrainConfig": LoRALabTrainConfig, "LoRALabTrainLoRA": LoRALabTrainLoRA,
-                       "LoRALabLCMDistillConfig": LoRALabLCMDistillConfig,
+                       "LoRALabLCMDistillConfig": LoRALabLCMDistillConfig, "LoRALabFineTune": LoRALabFineTune,
                        "LoRALabApplyLoRA": LoRALabApplyLoRA, "LoRALabSaveLoRA": LoRALabSaveLoRA,
                        "LoRALabLoadLoRA": LoRALabLoadLoRA, "LoRALabBlendLoRAs": LoRALabBlendLoRAs}
 NODE_DISPLAY_NAME_MAPPINGS = {"LoRALabTrainConfig": "LoRA Lab: Train Config",
                               "LoRALabTrainLoRA": "LoRA Lab: Train LoRA",
                               "LoRALabLCMDistillConfig": "LoRA Lab: LCM Distill Config",
+                              "LoRALabFineTune": "LoRA Lab: Fine-tune Model",
                               "LoRALabApplyLoRA": "LoRA Lab: Apply LoRA", "LoRALabSaveLoRA": "LoRA Lab: Save LoRA",
                               "LoRALabLoadLoRA": "LoRA Lab: Load LoRA", "LoRALabBlendLoRAs": "LoRA Lab: Blend LoRAs"}

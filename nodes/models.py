@@ -17,10 +17,12 @@ class LoRALabLoadPipeline:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (model_choices(), {"tooltip": "'embedded: tiny-sd' is a tiny SD1-architecture model "
-                                        "shipped with LoRA Lab. Inside ComfyUI: your models/checkpoints "
-                                        "files. Headless: <models-dir>/checkpoints files and diffusers "
-                                        "folders under --models-dir (default ./models)."}),
+            "model": (model_choices(), {"tooltip": "Shipped with LoRA Lab, trained on the procedural world "
+                                        "(64 px shapes): 'embedded: world-student' (SD1.5 architecture) and "
+                                        "'embedded: world-teacher' (SDXL architecture); 'embedded: tiny-sd' "
+                                        "has random weights (fast tests). Inside ComfyUI: your "
+                                        "models/checkpoints files. Headless: <models-dir>/checkpoints files "
+                                        "and diffusers folders under --models-dir (default ./models)."}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weight precision. auto = fp16 "
                                      "on a GPU, fp32 on the CPU."}),
             "device": (list(DEVICES), {"default": "auto", "tooltip": "Where to run. auto = CUDA "
