@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # The recipes in models/build_world.py, in the order they depend on each other.
-WORLD_RECIPES = ("evaluator", "vae", "vae-decoder", "student", "teacher", "evaluate")
+WORLD_RECIPES = ("evaluator", "vae", "vae-decoder", "student", "teacher", "evaluate", "examples")
 
 
 def cmd_build_world(args) -> int:
@@ -93,8 +93,11 @@ def cmd_build_world(args) -> int:
 
     from ..core.checkpoints import MODELS_DIR
 
-    sys.argv = ["build_world.py", args.what]
-    runpy.run_path(str(MODELS_DIR / "build_world.py"), run_name="__main__")
+    argv, sys.argv = sys.argv, ["build_world.py", args.what]
+    try:
+        runpy.run_path(str(MODELS_DIR / "build_world.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
     return 0
 
 

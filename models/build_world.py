@@ -288,18 +288,48 @@ def evaluate_model(name: str, prompts: int = EVAL_PROMPTS) -> dict:
             "per_category": categories, "domain_fid": domain["fid"], "domain_kid": domain["kid_mean"]}
 
 
+EXAMPLE_PROMPTS = ("a large red circle on a blue background", "two small yellow stars on a black background",
+                   "a small white triangle on a green background in the top left corner",
+                   "a close-up of a purple heart on a yellow background",
+                   "three small orange squares on a grey background", "a medium blue hexagon on a pink background")
+
+
+def examples() -> None:
+    """README's pictures: the example prompts (listed in README) with each world model, the Sampler
+    node's defaults and seed 0, side by side at 2x (nearest neighbour, so pixels stay pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    from loralab.core.generate import GenerateSettings, generate
+    from loralab.core.pipeline import load_pipeline
+    from loralab.core.prompts import Prompt
+    from loralab.core.samplers import SamplerSpec
+
+    out = WEIGHTS.parent / "examples"
+    out.mkdir(exist_ok=True)
+    for kind in ("student", "teacher"):
+        lp = load_pipeline(f"embedded: world-{kind}", "fp32", "cpu")
+        images, _ = generate(lp, SamplerSpec(DEFAULT_SAMPLING["sampler"]), [Prompt(p) for p in EXAMPLE_PROMPTS],
+                             GenerateSettings(steps=DEFAULT_SAMPLING["steps"], cfg=DEFAULT_SAMPLING["cfg"], seed=0))
+        strip = np.concatenate(list((images.numpy() * 255).round().astype("uint8")), axis=1)
+        Image.fromarray(strip).resize((strip.shape[1] * 2, strip.shape[0] * 2), Image.NEAREST).save(
+            out / f"{kind}.png", optimize=True)
+
+
 def evaluate() -> None:
     report = {name: evaluate_model(f"embedded: {name}") for name in ("world-student", "world-teacher", "tiny-sd")}
     (WEIGHTS.parent / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
+RECIPES = {"evaluator": build_evaluator, "vae": build_vae, "vae-decoder": finetune_vae_decoder,
+           "student": lambda: build_world_model("student"), "teacher": lambda: build_world_model("teacher"),
+           "evaluate": evaluate, "examples": examples}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["evaluator", "vae", "vae-decoder", "student", "teacher", "evaluate"])
+    parser.add_argument("what", choices=list(RECIPES))
     what = parser.parse_args().what
     torch.set_num_threads(2 if what == "vae" else 1)
-    recipes = {"evaluator": build_evaluator, "vae": build_vae, "vae-decoder": finetune_vae_decoder,
-               "student": lambda: build_world_model("student"), "teacher": lambda: build_world_model("teacher"),
-               "evaluate": evaluate}
-    recipes[what]()
+    RECIPES[what]()

@@ -116,3 +116,20 @@ def test_the_disk_cache_key_changes_with_the_code_and_the_dependencies(tmp_path,
     executed = ["5" in records(tmp_path / name)[0]["executed"] for name in "abcd"]
     assert executed == [True, False, True, True]
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 3
+
+
+def test_build_world_offers_exactly_the_recipes_of_models_build_world(monkeypatch, capsys):
+    import runpy
+
+    from loralab.core.checkpoints import MODELS_DIR
+    from loralab.headless.cli import WORLD_RECIPES
+
+    recipes = runpy.run_path(str(MODELS_DIR / "build_world.py"))["RECIPES"]
+    assert tuple(recipes) == WORLD_RECIPES
+    with pytest.raises(SystemExit) as info:
+        main(["build-world", "everything"])
+    assert info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    ran = []  # the command runs the recipe file as a script, with the recipe's name as its argument
+    monkeypatch.setattr(runpy, "run_path", lambda path, run_name: ran.append((Path(path).name, run_name)))
+    assert main(["build-world", "examples"]) == 0
+    assert ran == [("build_world.py", "__main__")]
