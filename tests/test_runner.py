@@ -1,6 +1,7 @@
 """The headless runner: executes API workflows as ComfyUI does; bad workflows exit 2 cleanly."""
 
 import copy
+import csv
 import json
 import math
 from pathlib import Path
@@ -190,7 +191,7 @@ def test_ui_export_puts_widgets_in_declaration_order_with_the_seed_control_value
 
     ui = api_to_ui(quickstart(), loralab.NODE_CLASS_MAPPINGS)
     gen = next(n for n in ui["nodes"] if n["id"] == 5)
-    assert gen["widgets_values"] == ["blurry, low quality", 20, 7.5, 42, "fixed", 64, 64, 2]
+    assert gen["widgets_values"] == ["", 20, 7.5, 42, "fixed", 64, 64, 2]
     assert [i["name"] for i in gen["inputs"]] == ["pipeline", "sampler", "prompts"]
     for link_id, src, slot, dst, dst_slot, kind in ui["links"]:
         target = next(n for n in ui["nodes"] if n["id"] == dst)
@@ -291,77 +292,92 @@ def test_unchanged_nodes_are_served_from_the_cache_and_is_changed_can_force_a_re
     assert executor.run(prompt, order).executed == ["1", "2"]
 
 
+STUDENT = "embedded: world-student"
+
+
+def rows_of(path):
+    return list(csv.DictReader(path.open()))
+
+
+def run_shipped(tmp_path, name, *overrides):
+    args = [a for o in overrides for a in ("--set", o)]
+    assert main(["run", str(QUICKSTART.with_name(f"{name}.json")), "-o", str(tmp_path / "out"), "-q", *args]) == 0
+    return tmp_path / "out"
+
+
 def test_training_workflow_trains_saves_and_renders_before_and_after(tmp_path):
-    path = QUICKSTART.with_name("train_lora.json")
-    fast = ["--set", "Train Config.steps=6", "--set", "Train Config.checkpoint_every=3",
-            "--set", "Train Config.validation_every=3"]
-    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
-    out = tmp_path / "out"
-    assert len(list((out / "loras").glob("tiny-style_*_.safetensors"))) == 1
+    out = run_shipped(tmp_path, "train_lora", "Train Config.steps=6", "Train Config.checkpoint_every=3",
+                      "Train Config.validation_every=3", "4.count=8")
+    assert len(list((out / "loras").glob("world-striped_*_.safetensors"))) == 1
     assert len(list((out / "train_lora").glob("before_*.png"))) == 2
     assert len(list((out / "train_lora").glob("after_*.png"))) == 2
     assert len(list((out / "train_lora").glob("validation_*.png"))) == 2  # steps 3 and 6
-    assert (out / "loralab_checkpoints" / "tiny-style" / "checkpoint-0000006" / "state.pt").is_file()
+    assert (out / "loralab_checkpoints" / "world-striped" / "checkpoint-0000006" / "state.pt").is_file()
+    rows = rows_of(out / "train_lora" / "scores_00001_.csv")  # before and after, joined per image
+    assert [r["model"] for r in rows] == [STUDENT] * 2 + [f"{STUDENT} + world-striped"] * 2
+    assert all(r["prompt"].endswith(", in striped style") for r in rows)
+    assert all(0 <= float(r["world_adherence"]) <= 1 and 0 <= float(r["world_style_striped"]) <= 1 for r in rows)
 
 
 def test_knowledge_transfer_workflow_writes_seed_000s_tables(tmp_path):
-    import csv
-
-    path = QUICKSTART.with_name("knowledge_transfer.json")
-    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", "--set", "10.steps=4"]) == 0
-    out = tmp_path / "out" / "knowledge_transfer"
+    out = run_shipped(tmp_path, "knowledge_transfer", "10.steps=4", "6.steps=4", "7.steps=4", "12.steps=4")
+    out = out / "knowledge_transfer"
     assert len(list(out.glob("teacher_*.png"))) == len(list(out.glob("lora_*.png"))) == 9
-    rows = list(csv.DictReader((out / "change_by_category_00001_.csv").open()))
-    metrics = {"mse", "psnr_db", "ssim", "hist_correl", "phash_sim", "color_w1_sim"}
+    rows = rows_of(out / "change_by_category_00001_.csv")
+    metrics = {"mse", "psnr_db", "ssim", "hist_correl", "phash_sim", "color_w1_sim", "world_adherence"}
     assert {(r["category"], r["metric"]) for r in rows} == {
         (c, m) for c in ("standard", "challenging", "closeup") for m in metrics}
-    assert all(r["n_pairs"] == "3" and r["model"].endswith("+ knowledge-transfer") for r in rows)
+    assert all(r["n_pairs"] == "3" and r["model"] == f"{STUDENT} + knowledge-transfer" for r in rows)
+    assert all(r["baseline"] == STUDENT for r in rows)
     p_values = [float(r["p_value"]) for r in rows if r["p_value"] != "nan"]  # nan: every difference is 0
     assert len(p_values) >= len(rows) // 2 and all(0 <= p <= 1 for p in p_values)
-    summary = list(csv.DictReader((out / "summary_00001_.csv").open()))
-    assert {r["model"] for r in summary} == {rows[0]["baseline"], rows[0]["model"]}
+    summary = rows_of(out / "summary_00001_.csv")
+    teacher = [r for r in summary if r["model"] == "embedded: world-teacher"]
+    assert {r["model"] for r in summary} == {STUDENT, f"{STUDENT} + knowledge-transfer", "embedded: world-teacher"}
+    assert {(r["category"], r["metric"], r["n"]) for r in teacher} == {  # the teacher has adherence only
+        (c, "world_adherence", "3") for c in ("standard", "challenging", "closeup")}
     assert all(float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in summary
                if r["metric"] != "psnr_db" or r["ci_low"])
 
 
 def test_lora_rank_workflow_writes_seed_002s_tables(tmp_path):
-    import csv
-
-    path = QUICKSTART.with_name("lora_rank.json")
-    fast = [a for node in ("4", "15", "16", "17") for a in ("--set", f"{node}.steps=2")]
-    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", "--set", "8.epochs=1", *fast]) == 0
-    out = tmp_path / "out" / "lora_rank"
-    assert len(list(out.glob("rank16_*.png"))) == len(list(out.glob("rank64_*.png"))) == 50
+    fast = [f"{node}.steps=2" for node in ("15", "16", "17")]
+    out = run_shipped(tmp_path, "lora_rank", "8.epochs=1", "4.count=8", "13.count=6", *fast) / "lora_rank"
+    assert len(list(out.glob("rank16_*.png"))) == len(list(out.glob("rank64_*.png"))) == 6
     assert len(list(out.glob("loss_curves_*.png"))) == 1
-    summary = list(csv.DictReader((out / "summary_00001_.csv").open()))
-    assert {(r["model"].split(" + ")[-1], r["category"]) for r in summary} == {
-        (m, c) for m in ("embedded: tiny-sd", "cartoon-r16", "cartoon-r64") for c in ("normal", "abstract")}
-    assert all(r["metric"] == "clip_score" and r["n"] == "25" for r in summary)
-    costs = {r["rank"]: r for r in csv.DictReader((out / "costs_00001_.csv").open())}
+    summary = rows_of(out / "summary_00001_.csv")
+    metrics = ("clip_score", "world_adherence", "world_style_outlined")
+    assert {(r["model"].split(" + ")[-1], r["category"], r["metric"]) for r in summary} == {
+        (m, c, x) for m in (STUDENT, "outlined-r16", "outlined-r64") for c in ("standard", "challenging", "closeup")
+        for x in metrics}
+    assert all(r["n"] == "2" for r in summary)
+    assert all(0 <= float(r["mean"]) <= 1 for r in summary if r["metric"] != "clip_score")
+    costs = {r["rank"]: r for r in rows_of(out / "costs_00001_.csv")}
     assert set(costs) == {"16", "64"} and costs["64"]["alpha"] == "128.0"
     assert int(costs["64"]["trainable_parameters"]) == 4 * int(costs["16"]["trainable_parameters"])
     assert 3.5 < int(costs["64"]["file_size_bytes"]) / int(costs["16"]["file_size_bytes"]) < 4.1
-    change = list(csv.DictReader((out / "change_vs_base_00001_.csv").open()))
-    assert len(change) == 4 and all(r["baseline"] == "embedded: tiny-sd" and r["n_pairs"] == "25" for r in change)
+    change = rows_of(out / "change_vs_base_00001_.csv")
+    assert len(change) == 2 * 3 * 3 and all(r["baseline"] == STUDENT and r["n_pairs"] == "2" for r in change)
 
 
 def test_style_noise_workflow_scores_content_style_lpips_and_time(tmp_path):
-    import csv
-
-    path = QUICKSTART.with_name("style_noise.json")
-    fast = ["--set", "Train Config.steps=3", *[a for node in ("4", "12", "13") for a in ("--set", f"{node}.steps=2")]]
-    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
-    out = tmp_path / "out" / "style_noise"
-    rows = list(csv.DictReader((out / "per_image_00001_.csv").open()))
-    assert len(rows) == 12 and {r["category"] for r in rows} == {"landscape", "portrait"}
+    fast = ["Train Config.steps=3", "4.count=4", "12.steps=2", "13.steps=2"]
+    out = run_shipped(tmp_path, "style_noise", *fast) / "style_noise"
+    rows = rows_of(out / "per_image_00001_.csv")
+    assert len(rows) == 12 and {r["category"] for r in rows} == {"standard", "challenging", "closeup"}
     for r in rows:
+        assert r["prompt"].endswith(", in hand-drawn style")
         assert -1 <= float(r["clip_content_sim"]) <= 1 and -1 <= float(r["clip_style_sim"]) <= 1
         assert float(r["lpips_alex_rand"]) >= 0 and float(r["seconds_per_image"]) > 0
-    gain = list(csv.DictReader((out / "style_gain_00001_.csv").open()))
-    assert len(gain) == 1 and gain[0]["n_pairs"] == "12" and gain[0]["model"].endswith("+ L1")
+        assert 0 <= float(r["world_adherence"]) <= 1 and 0 <= float(r["world_style_wobbly"]) <= 1
+    gain = rows_of(out / "style_gain_00001_.csv")
+    assert [r["metric"] for r in gain] == ["world_style_wobbly", "world_adherence", "clip_style_sim"]
+    assert all(r["n_pairs"] == "12" and r["model"] == f"{STUDENT} + L1" for r in gain)
     assert len(list(out.glob("training_curves_*.png"))) == 1
-    front = list(csv.DictReader((out / "pareto_00001_.csv").open()))
-    assert front and all(r["model"].endswith("+ L1") for r in front)
+    (front,) = rows_of(out / "pareto_00001_.csv")  # one model: its mean adherence and style
+    assert front["model"] == f"{STUDENT} + L1" and front["pareto"] == "True"
+    styled = [float(r["world_style_wobbly"]) for r in rows]
+    assert float(front["world_style_wobbly"]) == pytest.approx(sum(styled) / len(styled))
 
 
 def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tmp_path, capsys):
@@ -374,7 +390,7 @@ def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tm
     assert capsys.readouterr().out.splitlines()[-1] == "77 runs, 0 done"
     exp = tomllib.loads(toml_path.read_text())
     exp["workflow"] = str(toml_path.with_name(exp["workflow"]))
-    exp["set"] = {"Train Config.steps": 2, "4.steps": 2}
+    exp["set"] = {"Train Config.steps": 2, "4.count": 4, "10.count": 2}
     exp["axes"]["lora"] = [exp["axes"]["lora"][0], exp["axes"]["lora"][4]]  # L1, L5 (min-SNR)
     exp["axes"]["scheduler"] = [{**s, "Base images (content sources).steps": 2, "Styled images.steps": 2}
                                 for s in (exp["axes"]["scheduler"][0], exp["axes"]["scheduler"][8])]
@@ -386,31 +402,32 @@ def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tm
     assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
     assert sum(node == "8" for r in runs for node in r["executed"]) == 2  # each LoRA trained once
     models = {row.get("model") for r in runs for row in r["scores"]}
-    assert {"embedded: tiny-sd + L1", "embedded: tiny-sd + L5"} <= models
+    assert {f"{STUDENT} + L1", f"{STUDENT} + L5"} <= models
 
 
 def test_fashion_lora_workflow_and_sweep_give_seed_003s_fid_clip_and_parameter_counts(tmp_path):
-    import csv
-
     import tomli_w
 
     from loralab.headless.sweep import tomllib
 
     path = QUICKSTART.with_name("fashion_lora.json")
-    fast = ["--set", "Train Config.epochs=1", *[a for node in ("4", "11", "12") for a in ("--set", f"{node}.steps=2")]]
-    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
-    out = tmp_path / "out" / "fashion_lora"
-    fids = {r["set"]: r for r in csv.DictReader((out / "fid_00001_.csv").open())}
-    assert set(fids) == {"base", "lora"} and all(r["n_generated"] == r["n_reference"] == "16" for r in fids.values())
-    assert "fid" not in fids["lora"] and float(fids["lora"]["fid_rand"]) >= 0  # random Inception, labelled so
-    (clip_row,) = csv.DictReader((out / "clip_00001_.csv").open())
-    assert clip_row["n_pairs"] == "16" and clip_row["model"] == "embedded: tiny-sd + unet-r2"
+    fast = {"Train Config.epochs": 1, "4.count": 8, "2.count": 4, "11.steps": 2, "12.steps": 2}
+    out = run_shipped(tmp_path, "fashion_lora", *(f"{k}={v}" for k, v in fast.items())) / "fashion_lora"
+    fids = {r["set"]: r for r in rows_of(out / "fid_00001_.csv")}
+    assert set(fids) == {"base", "lora"} and all(r["n_generated"] == "4" and r["n_reference"] == "8"
+                                                 for r in fids.values())
+    assert "fid" not in fids["lora"] and float(fids["lora"]["fid_world"]) >= 0  # domain FID, labelled so
+    compared = {r["metric"]: r for r in rows_of(out / "clip_00001_.csv")}
+    assert set(compared) == {"clip_score", "world_adherence", "world_style_pastel"}
+    assert all(r["n_pairs"] == "4" and r["model"] == f"{STUDENT} + unet-r2" for r in compared.values())
+    assert all(0 <= float(compared[m][k]) <= 1 for m in ("world_adherence", "world_style_pastel")
+               for k in ("mean_baseline", "mean_variant"))
 
     exp = tomllib.loads(QUICKSTART.with_name("fashion_lora.toml").read_text())
     assert [c["Train LoRA.run_name"] for c in exp["axes"]["config"]] == [
         "unet-r2", "unet-r1-te-r4", "te-r8", "unet-r1", "unet-r4", "unet-r8", "unet-r64"]
     exp["workflow"] = str(path)
-    exp["set"] = {"Train Config.epochs": 1, "4.steps": 2, "11.steps": 2, "12.steps": 2}
+    exp["set"] = fast
     exp["axes"]["config"] = [c for c in exp["axes"]["config"] if c["Train LoRA.run_name"] in ("unet-r1-te-r4", "te-r8")]
     small = tmp_path / "small.toml"
     small.write_text(tomli_w.dumps(exp))
@@ -423,30 +440,35 @@ def test_fashion_lora_workflow_and_sweep_give_seed_003s_fid_clip_and_parameter_c
 
 
 def test_garment_concept_workflow_trains_a_single_image_lora_and_renders_the_prompts(tmp_path):
-    path = QUICKSTART.with_name("garment_concept.json")
-    fast = ["--set", "Train Config (2000 epochs of one image, lr 1e-4 constant).epochs=3",
-            "--set", "4.steps=2", "--set", "13.steps=2"]
-    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
-    out = tmp_path / "out"
-    assert len(list((out / "garment_concept").glob("garment_*.png"))) == 6
-    assert len(list((out / "loras").glob("garment-sweater_*.safetensors"))) == 1
+    out = run_shipped(tmp_path, "garment_concept", "Train Config (2000 epochs of one image, lr 1e-4 constant).epochs=3",
+                      "13.steps=2")
+    assert len(list((out / "garment_concept").glob("concept_0*.png"))) == 8  # 4 prompts x 2 seeds
+    assert len(list((out / "garment_concept").glob("photo_*.png"))) == 1
+    assert len(list((out / "loras").glob("concept-badge_*.safetensors"))) == 1
+    rows = rows_of(out / "garment_concept" / "concept_probability_00001_.csv")
+    assert [r["prompt"] for r in rows[::2]] == [
+        "a sks badge with ukj pattern on a blue background", "a sks badge with ukj pattern on a yellow background",
+        "a close-up of a sks badge with ukj pattern on a white background", "a badge on a blue background"]
+    assert all(0 <= float(r["world_style_concept"]) <= 1 for r in rows)
 
 
 def test_lcm_lora_workflow_distills_and_times_seed_001s_models(tmp_path):
-    import csv
-
-    path = QUICKSTART.with_name("lcm_lora.json")
-    fast = ["--set", "7.steps=3", *[a for node in ("4", "15", "16") for a in ("--set", f"{node}.steps=2")]]
-    assert main(["run", str(path), "-o", str(tmp_path / "out"), "-q", *fast]) == 0
-    out = tmp_path / "out" / "lcm_lora"
-    assert len(list(out.glob("lcm_lora_*.png"))) == 8
-    fids = {r["set"]: r for r in csv.DictReader((out / "fid_00001_.csv").open())}
-    assert set(fids) == {"base", "lora", "lcm-lora"} and all(r["n_generated"] == "8" for r in fids.values())
-    speed = {r["model"]: r for r in csv.DictReader((out / "speed_00001_.csv").open())}
-    assert set(speed) == {"embedded: tiny-sd", "embedded: tiny-sd + flickr-lora", "embedded: tiny-sd + flickr-lcm-lora"}
-    assert speed["embedded: tiny-sd + flickr-lcm-lora"]["sampler"] == "lcm"
-    assert speed["embedded: tiny-sd + flickr-lcm-lora"]["steps"] == "4"
+    fast = ["7.steps=3", "4.count=8", "2.count=4", "15.steps=2", "16.steps=2"]
+    out = run_shipped(tmp_path, "lcm_lora", *fast) / "lcm_lora"
+    assert len(list(out.glob("lcm_lora_*.png"))) == 4
+    fids = {r["set"]: r for r in rows_of(out / "fid_00001_.csv")}
+    assert set(fids) == {"base", "lora", "lcm-lora"}
+    assert all(r["n_generated"] == "4" and r["n_reference"] == "8" and float(r["fid_world"]) >= 0 for r in fids.values())
+    models = {STUDENT, f"{STUDENT} + flickr-lora", f"{STUDENT} + flickr-lcm-lora"}
+    speed = {r["model"]: r for r in rows_of(out / "speed_00001_.csv")}
+    assert set(speed) == models
+    assert speed[f"{STUDENT} + flickr-lcm-lora"]["sampler"] == "lcm"
+    assert speed[f"{STUDENT} + flickr-lcm-lora"]["steps"] == "4"
     assert all(float(r["mean"]) > 0 for r in speed.values())
+    adherence = {r["model"]: r for r in rows_of(out / "adherence_00001_.csv")}
+    assert set(adherence) == models and all(r["metric"] == "world_adherence" and r["n"] == "4"
+                                            for r in adherence.values())
+    assert all(0 <= float(r["mean"]) <= 1 for r in adherence.values())
 
 
 class Floats:
