@@ -182,9 +182,13 @@ TEACHER_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_bl
 # SD1.5's and SDXL's noise schedule (they share it).
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  prediction_type="epsilon", timestep_spacing="leading", steps_offset=1)
-PRETRAIN = {  # scenes drawn (train half of the captions), optimizer steps, batch
-    "student": dict(scenes=30_000, steps=4_000, batch=48, lr=6e-4),
-    "teacher": dict(scenes=30_000, steps=3_200, batch=48, lr=5e-4),
+# Pretraining phases, each from the previous one's weights: scenes drawn (train half of the
+# captions) from a data seed, optimizer steps, batch, peak LR (warmup, then cosine decay).
+PRETRAIN = {
+    "student": [dict(scenes=30_000, data_seed=0, steps=4_000, batch=48, lr=6e-4),
+                dict(scenes=30_000, data_seed=1, steps=3_000, batch=48, lr=3e-4)],
+    "teacher": [dict(scenes=30_000, data_seed=0, steps=3_200, batch=48, lr=5e-4),
+                dict(scenes=30_000, data_seed=1, steps=2_400, batch=48, lr=2.5e-4)],
 }
 
 
@@ -231,26 +235,41 @@ def save_world_model(lp, kind: str):
 
 def build_world_model(kind: str, seed: int = 0) -> None:
     """Full fine-tuning from random weights (UNet and text encoders together) with LoRA Lab's own
-    trainer: min-SNR-5 weighting, 10 % caption dropout for classifier-free guidance, cosine LR.
-    Checkpoints every 500 steps in models/world/.pretrain-<kind>/ (a killed run resumes)."""
+    trainer: min-SNR-5 weighting, 10 % caption dropout for classifier-free guidance, cosine LR, in
+    the phases of ``PRETRAIN``. Checkpoints every 500 steps in models/world/.pretrain-<kind>[-k]/:
+    a killed run resumes, and a finished phase is loaded from its last checkpoint, not retrained."""
+    from safetensors.torch import load_file
+
     from loralab.core.noise import NoiseStrategy
     from loralab.core.train import TrainSpec, finetune_from_images
     from loralab.core.world import world_dataset
 
-    cfg = PRETRAIN[kind]
-    data = world_dataset("base", cfg["scenes"], seed=seed)
     lp = fresh_pipeline(kind, seed)
-    spec = TrainSpec(steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"], lr_schedule="cosine",
-                     warmup_steps=200, weight_decay=0.01, max_grad_norm=1.0, seed=seed, checkpoint_every=500,
-                     caption_dropout=0.1)
-    start = time.perf_counter()
-    tuned, result = finetune_from_images(lp, data.images, data.captions, NoiseStrategy(loss_weighting="min_snr"), spec,
-                                         text_encoder=True, checkpoint_dir=WEIGHTS.parent / f".pretrain-{kind}")
-    out, names = save_world_model(tuned, kind)
-    losses = torch.tensor(result.losses)
-    report = {"kind": kind, "train_seconds": round(time.perf_counter() - start, 1), **cfg, "seed": seed,
-              "loss_first_100": float(losses[:100].mean()), "loss_last_100": float(losses[-100:].mean()),
-              "parameters": {n: sum(p.numel() for p in getattr(tuned.pipe, n).parameters()) for n in names}}
+    names = ["unet", "text_encoder"] + (["text_encoder_2"] if kind == "teacher" else [])
+    report = {"kind": kind, "seed": seed, "phases": []}
+    for k, phase in enumerate(PRETRAIN[kind]):
+        folder = WEIGHTS.parent / (f".pretrain-{kind}" + (f"-{k + 1}" if k else ""))
+        final = folder / f"checkpoint-{phase['steps']:07d}" / "adapter.safetensors"
+        if final.is_file():
+            weights = load_file(final)
+            for name in names:
+                getattr(lp.pipe, name).load_state_dict({key[len(name) + 1:]: v for key, v in weights.items()
+                                                        if key.startswith(name + ".")})
+            report["phases"].append({**phase, "loaded_from": str(final.relative_to(WEIGHTS.parent))})
+            continue
+        data = world_dataset("base", phase["scenes"], seed=phase["data_seed"])
+        spec = TrainSpec(steps=phase["steps"], batch_size=phase["batch"], lr=phase["lr"], lr_schedule="cosine",
+                         warmup_steps=200, weight_decay=0.01, max_grad_norm=1.0, seed=seed + k,
+                         checkpoint_every=500, caption_dropout=0.1)
+        start = time.perf_counter()
+        lp, result = finetune_from_images(lp, data.images, data.captions, NoiseStrategy(loss_weighting="min_snr"),
+                                          spec, text_encoder=True, checkpoint_dir=folder)
+        losses = torch.tensor(result.losses)
+        report["phases"].append({**phase, "train_seconds": round(time.perf_counter() - start, 1),
+                                 "loss_first_100": float(losses[:100].mean()),
+                                 "loss_last_100": float(losses[-100:].mean())})
+    out, names = save_world_model(lp, kind)
+    report["parameters"] = {n: sum(p.numel() for p in getattr(lp.pipe, n).parameters()) for n in names}
     (out / "train.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
