@@ -366,18 +366,18 @@ def test_style_noise_workflow_scores_content_style_lpips_and_time(tmp_path):
     rows = rows_of(out / "per_image_00001_.csv")
     assert len(rows) == 12 and {r["category"] for r in rows} == {"standard", "challenging", "closeup"}
     for r in rows:
-        assert r["prompt"].endswith(", in hand-drawn style")
+        assert r["prompt"].endswith(", in pastel style")
         assert -1 <= float(r["clip_content_sim"]) <= 1 and -1 <= float(r["clip_style_sim"]) <= 1
         assert float(r["lpips_alex_rand"]) >= 0 and float(r["seconds_per_image"]) > 0
-        assert 0 <= float(r["world_adherence"]) <= 1 and 0 <= float(r["world_style_wobbly"]) <= 1
+        assert 0 <= float(r["world_adherence"]) <= 1 and 0 <= float(r["world_style_pastel"]) <= 1
     gain = rows_of(out / "style_gain_00001_.csv")
-    assert [r["metric"] for r in gain] == ["world_style_wobbly", "world_adherence", "clip_style_sim"]
+    assert [r["metric"] for r in gain] == ["world_style_pastel", "world_adherence", "clip_style_sim"]
     assert all(r["n_pairs"] == "12" and r["model"] == f"{STUDENT} + L1" for r in gain)
     assert len(list(out.glob("training_curves_*.png"))) == 1
     (front,) = rows_of(out / "pareto_00001_.csv")  # one model: its mean adherence and style
     assert front["model"] == f"{STUDENT} + L1" and front["pareto"] == "True"
-    styled = [float(r["world_style_wobbly"]) for r in rows]
-    assert float(front["world_style_wobbly"]) == pytest.approx(sum(styled) / len(styled))
+    styled = [float(r["world_style_pastel"]) for r in rows]
+    assert float(front["world_style_pastel"]) == pytest.approx(sum(styled) / len(styled))
 
 
 def test_style_noise_sweep_crosses_seven_loras_with_eleven_scheduler_settings(tmp_path, capsys):
