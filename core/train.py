@@ -443,6 +443,14 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
                 pipe.unet.disable_gradient_checkpointing()
 
 
+def _one_caption_each(images, captions: list[str]) -> list[str]:
+    """One caption per image: one given for all is repeated; any other count is an error."""
+    if len(captions) not in (1, len(images)):
+        raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
+                         "images or one per image")
+    return captions * len(images) if len(captions) == 1 else captions
+
+
 def train_full(pipe, data: TrainingData, noise: NoiseStrategy, spec: TrainSpec, text_encoder: bool = False,
                checkpoint_dir: Path | None = None, progress=None, validation=None) -> TrainResult:
     """Full fine-tuning: every weight of ``pipe``'s UNet (and of its text encoder(s) with
@@ -486,10 +494,7 @@ def finetune_from_images(lp, images, captions: list[str], noise: NoiseStrategy, 
     from .pipeline import LabPipeline
     from .runtime import progress
 
-    if len(captions) not in (1, len(images)):
-        raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
-                         "images or one per image")
-    captions = captions * len(images) if len(captions) == 1 else captions
+    captions = _one_caption_each(images, captions)
     spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
         data = encode_dataset(lp.pipe, [image.clone() for image in images], captions)
@@ -702,10 +707,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     from .lora_files import kohya_metadata, to_kohya
     from .runtime import progress
 
-    if len(captions) not in (1, len(images)):
-        raise ValueError(f"got {len(captions)} captions for {len(images)} images; give one caption for all "
-                         "images or one per image")
-    captions = captions * len(images) if len(captions) == 1 else captions
+    captions = _one_caption_each(images, captions)
     spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
         data = encode_dataset(lp.pipe, [image.clone() for image in images], captions, weights)

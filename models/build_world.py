@@ -52,6 +52,17 @@ def build_evaluator() -> None:
     print(json.dumps(report, indent=2))
 
 
+def heldout_reconstructions(vae):
+    """(scenes, renders, latent means, decoded renders) of 600 held-out scenes of every variant."""
+    vae.eval()
+    held = world_scenes(600, HELDOUT_SEED)
+    clean = render_scenes(held)
+    with torch.no_grad():
+        latents = vae.encode(clean.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
+        rec = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    return held, clean, latents, rec
+
+
 def build_vae(steps: int = 2000, batch: int = 24, seed: int = 0) -> None:
     """AutoencoderKL on rendered scenes of every variant: L1 + MSE reconstruction and a KL weight of
     1e-6 (SD's VAE recipe without its LPIPS and GAN terms, which flat shapes do not need); the
@@ -81,12 +92,7 @@ def build_vae(steps: int = 2000, batch: int = 24, seed: int = 0) -> None:
         if (step + 1) % 250 == 0:
             print(f"step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
     seconds = time.perf_counter() - start
-    vae.eval()
-    held = world_scenes(600, HELDOUT_SEED)
-    clean = render_scenes(held)
-    with torch.no_grad():
-        latents = vae.encode(clean.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
-        rec = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    held, clean, latents, rec = heldout_reconstructions(vae)
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     evaluator = load_evaluator()
     base = [i for i, s in enumerate(held) if s.style != "concept"]
@@ -140,12 +146,7 @@ def finetune_vae_decoder(steps: int = 1500, batch: int = 24, seed: int = 1) -> N
         if (step + 1) % 250 == 0:
             print(f"decoder step {step + 1}/{steps}: loss {loss.item():.4f}", flush=True)
     seconds = time.perf_counter() - start
-    vae.eval()
-    held = world_scenes(600, HELDOUT_SEED)
-    clean = render_scenes(held)
-    with torch.no_grad():
-        latents = vae.encode(clean.permute(0, 3, 1, 2) * 2 - 1).latent_dist.mode()
-        rec = ((vae.decode(latents).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    held, clean, latents, rec = heldout_reconstructions(vae)
     evaluator = load_evaluator()
     base = [i for i, s in enumerate(held) if s.style != "concept"]
     hits = adherence(evaluator, rec[base], [caption(held[i]) for i in base])
@@ -188,7 +189,7 @@ PRETRAIN = {
     "student": [dict(scenes=30_000, data_seed=0, steps=4_000, batch=48, lr=6e-4),
                 dict(scenes=30_000, data_seed=1, steps=3_000, batch=48, lr=3e-4)],
     "teacher": [dict(scenes=30_000, data_seed=0, steps=3_200, batch=48, lr=5e-4),
-                dict(scenes=30_000, data_seed=1, steps=2_400, batch=48, lr=2.5e-4)],
+                dict(scenes=20_000, data_seed=1, steps=1_200, batch=48, lr=2.5e-4)],
 }
 
 

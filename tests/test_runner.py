@@ -458,7 +458,8 @@ def test_lcm_lora_workflow_distills_and_times_seed_001s_models(tmp_path):
     assert len(list(out.glob("lcm_lora_*.png"))) == 4
     fids = {r["set"]: r for r in rows_of(out / "fid_00001_.csv")}
     assert set(fids) == {"base", "lora", "lcm-lora"}
-    assert all(r["n_generated"] == "4" and r["n_reference"] == "8" and float(r["fid_world"]) >= 0 for r in fids.values())
+    assert all(r["n_generated"] == "4" and r["n_reference"] == "8" and float(r["fid_world"]) >= 0
+               for r in fids.values())
     models = {STUDENT, f"{STUDENT} + flickr-lora", f"{STUDENT} + flickr-lcm-lora"}
     speed = {r["model"]: r for r in rows_of(out / "speed_00001_.csv")}
     assert set(speed) == models
