@@ -16,7 +16,7 @@ from loralab.core.lab_lora import LabLoRA
 from loralab.core.scores import ScoreTable
 from loralab.headless.cli import main
 from loralab.nodes.io import LoRALabPreviewImage, LoRALabSaveImage
-from loralab.nodes.lora import LoRALabSaveLoRA, LoRALabTrainLoRA
+from loralab.nodes.lora import LoRALabFineTune, LoRALabSaveLoRA, LoRALabTrainLoRA
 from loralab.nodes.report import LoRALabSaveScores
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
@@ -126,6 +126,7 @@ def test_train_lora_refuses_a_symlinked_checkpoint_folder_before_training(output
     link(output_dir, linked, outside)
     # Refused before anything else is looked at: no pipeline, no data needed.
     assert_refused(lambda: LoRALabTrainLoRA().train(None, None, None, None, "run"), outside)
+    assert_refused(lambda: LoRALabFineTune().train(None, None, None, "run", False), outside)
 
 
 def test_a_checkpoint_folder_left_by_a_killed_run_is_cleaned_on_the_next_start(tiny, output_dir, monkeypatch):
@@ -180,7 +181,8 @@ def test_path_inputs_that_leave_the_output_folder_are_refused_before_anything_ru
 
 
 @pytest.mark.parametrize("cls,name", [(LoRALabSaveImage, "filename_prefix"), (LoRALabSaveScores, "filename_prefix"),
-                                      (LoRALabSaveLoRA, "filename_prefix"), (LoRALabTrainLoRA, "run_name")])
+                                      (LoRALabSaveLoRA, "filename_prefix"), (LoRALabTrainLoRA, "run_name"),
+                                      (LoRALabFineTune, "run_name")])
 def test_validate_inputs_accepts_names_and_links(cls, name):
     """ComfyUI passes None for a linked input at validation time: it is checked when the node runs."""
     assert cls.VALIDATE_INPUTS(**{name: "study/run-1"}) is True
