@@ -290,7 +290,7 @@ def evaluate_model(name: str, prompts: int = EVAL_PROMPTS) -> dict:
     from loralab.core.world import sample_scenes, world_prompts
     from loralab.core.world.evaluator import DomainFeatures, adherence, load_evaluator
 
-    scenes = sample_scenes(prompts, EVAL_SEED, split="heldout")
+    scenes = sample_scenes(prompts, EVAL_SEED, split="heldout", distinct=True)  # the prompts' own scenes
     asked = world_prompts(prompts, EVAL_SEED)
     lp = load_pipeline(name, "fp32", "cpu")
     start = time.perf_counter()

@@ -248,3 +248,14 @@ def test_domain_fid_is_small_between_world_sets_and_large_for_noise():
     (fid_world, kid_world), (fid_noise, kid_noise) = fid(world_a), fid(noise)
     # KID is unbiased (≈ 0 for two world sets); FID at N = 48 in 256-d carries a large small-N bias
     assert kid_noise > 10 * abs(kid_world) and fid_noise > 2 * fid_world
+
+
+def test_world_prompts_never_repeat_a_caption():
+    """A repeated prompt multiplies per-image joins (Compare); the concept's few captions run out."""
+    for variant in ("base", "pastel"):
+        texts = [p.text for p in world_prompts(120, seed=9, variant=variant)]
+        assert len(set(texts)) == 120
+    plain = [caption(s) for s in sample_scenes(120, 9, variant="base", split="heldout")]
+    assert len(set(plain)) < 120  # what drawing with replacement gives for the same seed
+    with pytest.raises(ValueError, match="distinct concept captions"):
+        world_prompts(30, seed=0, variant="concept", split=None)

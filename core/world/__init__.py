@@ -23,8 +23,10 @@ def world_dataset(variant: str, count: int, seed: int, categories=CATEGORIES, si
 
 def world_prompts(count: int, seed: int, categories=CATEGORIES, variant: str = "base",
                   split: str | None = "heldout") -> list[Prompt]:
-    """Prompts with their seed-000 category; by default from the held-out half, never trained on."""
-    return [Prompt(caption(s), s.category) for s in sample_scenes(count, seed, tuple(categories), variant, split)]
+    """Distinct prompts with their seed-000 category; by default from the held-out half, never
+    trained on."""
+    return [Prompt(caption(s), s.category)
+            for s in sample_scenes(count, seed, tuple(categories), variant, split, distinct=True)]
 
 
 def concept_class_prompt(background: str = "grey") -> str:

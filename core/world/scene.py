@@ -149,9 +149,10 @@ def _draw(rng: np.random.Generator, category: str, style: str) -> Scene:
 
 
 def sample_scenes(count: int, seed: int, categories=CATEGORIES, variant: str = "base",
-                  split: str | None = "train") -> list[Scene]:
+                  split: str | None = "train", distinct: bool = False) -> list[Scene]:
     """``count`` scenes, categories taken in turn, deterministic from ``seed``; only scenes of
-    ``split`` (``train`` / ``heldout``; None = both). The concept has no held-out half."""
+    ``split`` (``train`` / ``heldout``; None = both). The concept has no held-out half. With
+    ``distinct`` no caption repeats (prompt sets: a repeated prompt would multiply per-image joins)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
     unknown = [c for c in categories if c not in CATEGORIES]
@@ -161,8 +162,20 @@ def sample_scenes(count: int, seed: int, categories=CATEGORIES, variant: str = "
 
     rng = np.random.default_rng([seed, VARIANTS.index(variant)])
     scenes: list[Scene] = []
+    seen: set[str] = set()
+    misses = 0
     while len(scenes) < count:
         scene = _draw(rng, categories[len(scenes) % len(categories)], variant)
-        if split is None or variant == "concept" or split_of(scene) == split:
-            scenes.append(scene)
+        if split is not None and variant != "concept" and split_of(scene) != split:
+            continue
+        if distinct:
+            text = caption(scene)
+            if text in seen:
+                misses += 1
+                if misses > 1000 * count:  # the category's captions are used up
+                    raise ValueError(f"only {len(scenes)} distinct {variant} captions of categories "
+                                     f"{', '.join(categories)} could be drawn; asked for {count}")
+                continue
+            seen.add(text)
+        scenes.append(scene)
     return scenes
