@@ -107,7 +107,8 @@ def test_conversion_of_mutated_ui_workflows_raises_only_workflow_errors(mutation
 def test_the_cli_check_exits_0_or_2_on_mutated_files_and_overrides(tmp_path_factory, mutations, overrides):
     path = tmp_path_factory.mktemp("fuzz") / "wf.json"
     path.write_text(json.dumps(mutate(API, mutations)))
-    args = ["run", str(path), "--check", "-q"] + [x for o in overrides for x in ("--set", o)]
+    # "--set=VALUE": a value may start with "-" (argparse would take "--set -:" for a missing value)
+    args = ["run", str(path), "--check", "-q"] + [f"--set={o}" for o in overrides]
     assert main(args) in (0, 2)
 
 
