@@ -58,7 +58,8 @@ def test_the_world_models_have_sd15_and_sdxl_architectures():
     assert teacher.pipe.unet.config.addition_embed_type == "text_time"
     assert teacher.pipe.unet.config.cross_attention_dim == (teacher.pipe.text_encoder.config.hidden_size
                                                            + teacher.pipe.text_encoder_2.config.hidden_size)
-    assert student.pipe.tokenizer("a red circle").input_ids == [49406, 320, 736, 7117, 49407]  # the real CLIP vocabulary
+    # the real CLIP vocabulary: <start> a red circle <end>
+    assert student.pipe.tokenizer("a red circle").input_ids == [49406, 320, 736, 7117, 49407]
     count = {lp.name: sum(p.numel() for p in lp.pipe.unet.parameters()) for lp in (student, teacher)}
     assert count["embedded: world-teacher"] > 1.3 * count["embedded: world-student"]
     assert student.pipe.vae.config.scaling_factor == teacher.pipe.vae.config.scaling_factor != 0.18215
