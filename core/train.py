@@ -469,7 +469,7 @@ def train_full(pipe, data: TrainingData, noise: NoiseStrategy, spec: TrainSpec, 
         raise ValueError("LCM distillation trains a LoRA; use Train LoRA for it")
     with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode(False), torch.enable_grad(), \
             fp32_math(spec.fp32_math, device):
-        models = {}
+        models, checkpointing = {}, pipe.unet.is_gradient_checkpointing
         for name in names:
             model = getattr(pipe, name)
             model.requires_grad_(True)
@@ -481,7 +481,8 @@ def train_full(pipe, data: TrainingData, noise: NoiseStrategy, spec: TrainSpec, 
             for model, _ in models.values():
                 model.requires_grad_(False)
                 model.eval()
-            pipe.unet.disable_gradient_checkpointing()
+            if spec.gradient_checkpointing and not checkpointing:  # as train_lora leaves it
+                pipe.unet.disable_gradient_checkpointing()
 
 
 def finetune_from_images(lp, images, captions: list[str], noise: NoiseStrategy, spec: TrainSpec,
