@@ -189,7 +189,8 @@ PRETRAIN = {
     "student": [dict(scenes=30_000, data_seed=0, steps=4_000, batch=48, lr=6e-4),
                 dict(scenes=30_000, data_seed=1, steps=3_000, batch=48, lr=3e-4)],
     "teacher": [dict(scenes=30_000, data_seed=0, steps=3_200, batch=48, lr=5e-4),
-                dict(scenes=20_000, data_seed=1, steps=1_200, batch=48, lr=2.5e-4)],
+                dict(scenes=20_000, data_seed=1, steps=1_200, batch=48, lr=2.5e-4),
+                dict(scenes=30_000, data_seed=2, steps=3_000, batch=48, lr=2.5e-4)],
 }
 
 

@@ -1,8 +1,8 @@
 """The shipped world models: they load offline with their architectures, follow held-out prompts
 (adherence >= 0.8 with the default sampler), and their images are world images (domain FID far
-below the random model's). Issue 11 also asks the teacher to follow prompts better than the
-student; on 300 held-out prompts it does not yet (0.856 vs 0.868, models/world/evaluation.json),
-so that is not asserted here."""
+below the random model's), and the larger SDXL-architecture teacher follows them better than the
+SD1.5-architecture student (on 300 held-out prompts 0.910 vs 0.868, models/world/evaluation.json;
+on the challenging ones 0.780 vs 0.699; on these 60, 0.892 vs 0.870)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,10 @@ def test_both_world_models_follow_held_out_prompts(scores):
     assert scores["embedded: world-student"]["adherence"] >= 0.8
     assert scores["embedded: world-teacher"]["adherence"] >= 0.8
     assert scores["embedded: tiny-sd"]["adherence"] < 0.4  # the evaluator is not fooled by noise
+
+
+def test_the_teacher_follows_prompts_better_than_the_student(scores):
+    assert scores["embedded: world-teacher"]["adherence"] > scores["embedded: world-student"]["adherence"]
 
 
 def test_the_world_models_images_are_world_images(scores):
