@@ -2,7 +2,7 @@
 
 Each test trains on the embedded world student and reads the result with the world evaluator, so
 a wrong sign, a wrong target or a LoRA that never reaches the UNet fails here though every unit
-test passes. Every claim runs for training seeds 0, 1 and 2; CI runs seed 0 (about three minutes
+test passes. Every claim runs for training seeds 0, 1 and 2; CI runs seed 0 (about 3.7 minutes
 for the four claims on 2 cores) and ``LORALAB_SLOW=1`` runs the other two. The thresholds are
 stated in each test and hold on all three seeds; README's "Research claims on the world" lists
 the figures per seed."""
