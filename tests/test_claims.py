@@ -9,6 +9,8 @@ the figures per seed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,7 @@ from loralab.core.pipeline import LabPipeline, load_pipeline
 from loralab.core.prompts import Prompt
 from loralab.core.samplers import SamplerSpec
 from loralab.core.train import TrainSpec, train_from_images
-from loralab.core.world import concept_class_prompt, world_dataset, world_prompts
+from loralab.core.world import concept_class_prompt, sample_scenes, world_dataset, world_prompts
 from loralab.core.world.evaluator import adherence, load_evaluator, style_probability
 
 SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
@@ -112,8 +114,6 @@ def test_an_lcm_lora_at_4_steps_keeps_the_base_adherence_at_a_fifth_of_the_cost(
     w ~ U[3, 9]) sampled with the LCM sampler in 4 steps at CFG 1 keeps more than 88 % of the base's
     adherence at 25 euler steps, CFG 7.5, on 48 held-out prompts, for at most a fifth of the UNet
     work (4 rows per image against 50). Wall time is printed, not asserted (README gives it)."""
-    import time
-
     data = world_dataset("base", 256, seed)
     lora = train_from_images(student, data.images, data.captions, NoiseStrategy(),
                              LoRAConfigSpec(rank=16, alpha=16.0, targets="all_linear+conv"),
@@ -142,7 +142,7 @@ def test_dreambooth_binds_the_concept_to_its_token_and_not_to_the_class(student,
     for the token prompt by more than 0.06 over the base model and ends more than 0.12 above the
     class prompt's, and the class prompt never shows the concept (World Style concept < 0.05)."""
     instances = world_dataset("concept", 8, seed)
-    backgrounds = list(dict.fromkeys(c.split(" on a ")[1].split()[0] for c in instances.captions))[:3]
+    backgrounds = list(dict.fromkeys(s.background for s in sample_scenes(8, seed, variant="concept")))[:3]
     classes = [Prompt(concept_class_prompt(b)) for b in backgrounds]
     tokens = [Prompt(f"a sks badge with ukj pattern on a {b} background") for b in backgrounds]
     priors = render(student, classes, seed=seed + 1000, per_prompt=2)
