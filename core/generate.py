@@ -26,6 +26,18 @@ class GenerateSettings:
     height: int = 64
     images_per_prompt: int = 1
     negative_prompt: str = ""
+    prompts_per_batch: int = 1  # prompts sampled in one UNet batch: faster, same images up to rounding
+    # φ of rescaled CFG (Lin et al. 2023); None: 0.7 for a zero-terminal-SNR schedule, as the paper
+    # recommends, else 0 (plain CFG)
+    cfg_rescale: float | None = None
+
+
+def cfg_rescale_for(s: GenerateSettings, scheduler_config) -> float:
+    if s.cfg_rescale is not None:
+        if not 0.0 <= s.cfg_rescale <= 1.0:
+            raise ValueError(f"cfg_rescale {s.cfg_rescale} is not in [0, 1]")
+        return s.cfg_rescale
+    return 0.7 if dict(scheduler_config).get("rescale_betas_zero_snr") else 0.0
 
 
 def image_seeds(seed: int, images_per_prompt: int) -> list[int]:
@@ -40,22 +52,24 @@ def to_comfy_images(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 2, 3, 1).float().cpu().contiguous()
 
 
-def unet_model(lp: LabPipeline, prompt: str, negative: str, cfg: float, batch: int, width: int, height: int):
-    """``model(x_in, t)`` -> the UNet's outputs for [cond] or [cond, uncond], ``batch`` images each.
-    The unconditional pass is skipped only at cfg 1, where it cannot change the result (ComfyUI's rule)."""
+def unet_model(lp: LabPipeline, prompts: list[str], negative: str, cfg: float, batch: int, width: int,
+               height: int):
+    """``model(x_in, t)`` -> the UNet's outputs for [cond] or [cond, uncond], ``batch`` images of each
+    prompt (prompt-major, as diffusers' ``num_images_per_prompt``). The unconditional pass is
+    skipped only at cfg 1, where it cannot change the result (ComfyUI's rule)."""
     pipe, guided = lp.pipe, cfg != 1.0
-    negative = negative or None
+    negative = [negative] * len(prompts) if negative else None
     added = {}
     if lp.family == "sdxl":
         cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
-            prompt, device=lp.device, num_images_per_prompt=batch, do_classifier_free_guidance=guided,
+            prompts, device=lp.device, num_images_per_prompt=batch, do_classifier_free_guidance=guided,
             negative_prompt=negative)
         time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=cond.dtype,
                                           text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
         pooled = [pooled, uncond_pooled] if guided else [pooled]
-        added = {"text_embeds": torch.cat(pooled), "time_ids": time_ids.to(lp.device).repeat(len(pooled) * batch, 1)}
+        added = {"text_embeds": torch.cat(pooled), "time_ids": time_ids.to(lp.device).repeat(len(pooled) * len(cond), 1)}
     else:
-        cond, uncond = pipe.encode_prompt(prompt, lp.device, batch, guided, negative)
+        cond, uncond = pipe.encode_prompt(prompts, lp.device, batch, guided, negative)
     context = torch.cat([cond, uncond] if guided else [cond])
     chunks = 2 if guided else 1
 
@@ -106,14 +120,18 @@ def encode(lp: LabPipeline, images: torch.Tensor) -> torch.Tensor:
 
 def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: GenerateSettings,
             start_for, extra_columns: dict) -> tuple[torch.Tensor, ScoreTable]:
-    """The loop shared by text-to-image and image-to-image: one batch per prompt, per-image
-    seeds, progress, cost rows. ``start_for(index)`` gives prompt ``index``'s keyword arguments
-    for :func:`ksampling.sample` (latent, strength, mask)."""
+    """The loop shared by text-to-image and image-to-image: ``s.prompts_per_batch`` prompts per
+    batch, per-image seeds, progress, cost rows (a batch's time split evenly over its images).
+    ``start_for(index)`` gives prompt ``index``'s keyword arguments for :func:`ksampling.sample`
+    (latent, strength, mask), each latent and mask one row."""
     from .ksampling import cfg_denoiser, sample
     from .samplers import noise_levels
 
+    if s.prompts_per_batch < 1:
+        raise ValueError(f"prompts_per_batch must be at least 1, got {s.prompts_per_batch}")
     seeds = image_seeds(s.seed, s.images_per_prompt)
     levels = noise_levels(lp.pipe.scheduler.config)
+    rescale = cfg_rescale_for(s, lp.pipe.scheduler.config)
     table = ScoreTable(SCORE_KEYS)
     batches = []
     f = lp.pipe.vae_scale_factor
@@ -123,24 +141,39 @@ def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
         bar.update(1)
         check_interrupted()
 
-    with progress(len(prompts) * s.steps, "generate") as bar, torch.no_grad():
-        for index, prompt in enumerate(prompts):
+    groups = [range(i, min(i + s.prompts_per_batch, len(prompts))) for i in range(0, len(prompts), s.prompts_per_batch)]
+    with progress(len(groups) * s.steps, "generate") as bar, torch.no_grad():
+        for group in groups:
             check_interrupted()
-            lp.prepare_vae(s.width, s.height, len(seeds))
+            images = len(group) * len(seeds)
+            lp.prepare_vae(s.width, s.height, images)
             with measure(lp.device) as cost:
-                model = unet_model(lp, prompt.text, s.negative_prompt, s.cfg, len(seeds), s.width, s.height)
-                latents = sample(sampler, cfg_denoiser(levels, model, s.cfg), levels, s.steps, seeds, shape,
-                                 lp.device, on_step, **start_for(index))
+                model = unet_model(lp, [prompts[i].text for i in group], s.negative_prompt, s.cfg, len(seeds),
+                                   s.width, s.height)
+                start = _stack([start_for(i) for i in group], len(seeds))
+                latents = sample(sampler, cfg_denoiser(levels, model, s.cfg, rescale), levels, s.steps, seeds, shape,
+                                 lp.device, on_step, prompts=len(group), **start)
                 batches.append(to_comfy_images(decode(lp, latents)))
-            for x in seeds:
-                table.rows.append({
-                    "model": lp.name, "sampler": sampler.label, "steps": s.steps, "cfg": s.cfg,
-                    "category": prompt.category, "prompt": prompt.text, "seed": x,
-                    "width": s.width, "height": s.height, **extra_columns,
-                    "seconds_per_image": cost.seconds / len(seeds),
-                    "peak_memory_mb": cost.peak_memory_mb, "memory_kind": cost.memory_kind,
-                })
+            for i in group:
+                for x in seeds:
+                    table.rows.append({
+                        "model": lp.name, "sampler": sampler.label, "steps": s.steps, "cfg": s.cfg,
+                        "category": prompts[i].category, "prompt": prompts[i].text, "seed": x,
+                        "width": s.width, "height": s.height, **extra_columns,
+                        "seconds_per_image": cost.seconds / images,
+                        "peak_memory_mb": cost.peak_memory_mb, "memory_kind": cost.memory_kind,
+                    })
     return torch.cat(batches), table
+
+
+def _stack(starts: list[dict], per_prompt: int) -> dict:
+    """Per-prompt start arguments -> one batch's: each prompt's latent and mask row repeated for its
+    images (prompt-major, as the noise)."""
+    merged = dict(starts[0])
+    for key in ("latent", "mask"):
+        if key in merged:
+            merged[key] = torch.cat([start[key].expand(per_prompt, *start[key].shape[1:]) for start in starts])
+    return merged
 
 
 def generate(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt],

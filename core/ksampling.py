@@ -215,14 +215,29 @@ SAMPLER_FUNCTIONS: dict[str, Callable] = {
 }
 
 
-def cfg_denoiser(levels: NoiseLevels, model: Callable, cfg: float) -> Denoise:
+def cfg_denoiser(levels: NoiseLevels, model: Callable, cfg: float, rescale: float = 0.0) -> Denoise:
     """D(x, σ) with classifier-free guidance on the x0 estimates (Ho & Salimans 2022), as ComfyUI
     applies it. ``model(x_in, t)`` returns the UNet's outputs for [cond] or [cond, uncond]; the
-    input is x/√(σ²+1) and t the nearest integer timestep."""
+    input is x/√(σ²+1) and t the nearest integer timestep. ``rescale`` φ > 0 rescales the guided
+    result (Lin et al. 2023, eq. 15-16: in v space, to the conditional prediction's standard
+    deviation per image, mixed φ : 1 − φ with the plain result), as ComfyUI's RescaleCFG node and
+    diffusers' ``guidance_rescale`` do."""
     def denoise(x, sigma):
-        outputs = model(x / (sigma**2 + 1) ** 0.5, levels.timestep(sigma))
+        x_in = x / (sigma**2 + 1) ** 0.5
+        outputs = model(x_in, levels.timestep(sigma))
         cond, *uncond = [levels.denoised(sigma, out.float(), x) for out in outputs]
-        return uncond[0] + (cond - uncond[0]) * cfg if uncond else cond
+        if not uncond:
+            return cond
+        guided = uncond[0] + (cond - uncond[0]) * cfg
+        if not rescale:
+            return guided
+        # v = (x/(σ²+1) − x0)·√(σ²+1)/σ: the v-prediction of a given x0 estimate
+        scale = (sigma**2 + 1) ** 0.5 / sigma
+        v_cond, v_guided = (x / (sigma**2 + 1) - cond) * scale, (x / (sigma**2 + 1) - guided) * scale
+        dims = tuple(range(1, x.ndim))
+        v_rescaled = v_guided * (v_cond.std(dim=dims, keepdim=True) / v_guided.std(dim=dims, keepdim=True))
+        v_final = rescale * v_rescaled + (1 - rescale) * v_guided
+        return x / (sigma**2 + 1) - v_final / scale
     return denoise
 
 
@@ -237,13 +252,14 @@ def inpaint_denoiser(denoise: Denoise, latent, noise, mask) -> Denoise:
 
 def sample(spec: SamplerSpec, denoise: Denoise, levels: NoiseLevels, steps: int, seeds: list[int],
            shape: tuple, device: torch.device, on_step: Callable = lambda: None, latent=None,
-           strength: float = 1.0, mask=None) -> torch.Tensor:
+           strength: float = 1.0, mask=None, prompts: int = 1) -> torch.Tensor:
     """KSampler: ``latent`` (zeros: text to image) plus noise ε scaled to the first sigma, then the
-    sampler over the schedule's sigmas. A schedule that starts at the model's top noise level
+    sampler over the schedule's sigmas. ``prompts`` prompts share the batch, each drawing the
+    noise it would draw alone. A schedule that starts at the model's top noise level
     starts from √(1 + σ_max²)·ε, the VE latent there for unit-variance data (``max_denoise``).
     ``mask`` (1 = repaint, any size) keeps the rest of ``latent``."""
     sigmas = sigmas_for(spec, levels, steps, strength).to(device)
-    streams = noise_streams(spec, seeds, shape)
+    streams = noise_streams(spec, seeds, shape) * prompts
     noise = initial_noise(streams).to(device)
     latent = torch.zeros_like(noise) if latent is None else latent.to(device).float().expand_as(noise)
     at_top = math.isclose(float(sigmas[0]), levels.sigma_max, rel_tol=1e-5) or float(sigmas[0]) > levels.sigma_max

@@ -66,6 +66,18 @@ class LoRALabSampler:
         return (SamplerSpec(sampler_name, schedule, eta, batch_noise),)
 
 
+PROMPTS_PER_BATCH = ("INT", {"default": 1, "min": 1, "max": 256, "tooltip":
+                     "Prompts sampled together in one batch: faster on any device (about 2.5x for the "
+                     "embedded world at 16), the same images up to float rounding. The cost table then "
+                     "splits each batch's time evenly over its images."})
+
+
+CFG_RESCALE = ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05, "round": 0.01, "tooltip":
+               "Rescaled CFG's phi (Lin et al. 2023; ComfyUI's RescaleCFG multiplier; diffusers' "
+               "guidance_rescale): 0 = plain CFG. -1 = auto: 0.7 when the model or an applied LoRA "
+               "is zero-terminal-SNR, else 0."})
+
+
 class LoRALabGenerate:
     DESCRIPTION = ("Text-to-image generation: every prompt x images_per_prompt, image k of each "
                    "prompt seeded with seed + k, so any single image is reproducible on its own. "
@@ -102,16 +114,17 @@ class LoRALabGenerate:
                                                   "0 = the model's native size."}),
             "images_per_prompt": ("INT", {"default": 1, "min": 1, "max": 64,
                                           "tooltip": "Images per prompt, generated as one batch."}),
-        }}
+        }, "optional": {"prompts_per_batch": PROMPTS_PER_BATCH, "cfg_rescale": CFG_RESCALE}}
 
     def generate(self, pipeline, sampler, prompts, negative_prompt, steps, cfg, seed, width,
-                 height, images_per_prompt):
+                 height, images_per_prompt, prompts_per_batch=1, cfg_rescale=-1.0):
         from ..core.generate import GenerateSettings, generate
 
         width, height = width or pipeline.native_size, height or pipeline.native_size
         if problem := pipeline.size_problem(width, height):
             raise ValueError(f"LoRA Lab: Generate: inputs 'width'/'height': {problem}")
-        settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt)
+        settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt,
+                                    prompts_per_batch, None if cfg_rescale < 0 else cfg_rescale)
         return generate(pipeline, sampler, prompts, settings)
 
 
@@ -141,17 +154,19 @@ class LoRALabImg2Img:
                              "input (ComfyUI's denoise)."}),
                 **{k: v for k, v in shared.items() if k not in ("pipeline", "sampler", "prompts")},
             },
-            "optional": {"mask": ("MASK", {"tooltip": "Optional: repaint only where the mask is 1."})},
+            "optional": {"mask": ("MASK", {"tooltip": "Optional: repaint only where the mask is 1."}),
+                         "prompts_per_batch": PROMPTS_PER_BATCH, "cfg_rescale": CFG_RESCALE},
         }
 
     def img2img(self, pipeline, sampler, prompts, image, strength, negative_prompt, steps, cfg, seed,
-                images_per_prompt, mask=None):
+                images_per_prompt, mask=None, prompts_per_batch=1, cfg_rescale=-1.0):
         from ..core.generate import GenerateSettings, img2img
 
         height, width = image.shape[1:3]
         if problem := pipeline.size_problem(width, height):
             raise ValueError(f"LoRA Lab: Img2Img: input 'image': {problem} (resize or crop it)")
-        settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt)
+        settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt,
+                                    prompts_per_batch, None if cfg_rescale < 0 else cfg_rescale)
         return img2img(pipeline, sampler, prompts, settings, image, strength, mask)
 
 

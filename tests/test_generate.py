@@ -142,3 +142,24 @@ def test_memory_options_keep_the_result_and_bad_choices_are_named():
         load_pipeline("embedded: tiny-sd", "fp32", "cpu", offload="model")
     with pytest.raises(ModelError, match="attention 'flash' is not one of auto, sdpa, sliced"):
         load_pipeline("embedded: tiny-sd", "fp32", "cpu", attention="flash")
+
+
+@pytest.mark.parametrize("name,batch_noise", [("euler", "per_image"), ("euler_ancestral", "comfyui"),
+                                              ("dpmpp_sde", "per_image"), ("lcm", "comfyui")])
+def test_prompts_sampled_together_give_the_images_each_prompt_gets_alone(tiny, name, batch_noise):
+    prompts = [Prompt("a cat", "standard"), Prompt("a red car", "closeup"), Prompt("a face")]
+    alone, rows = run(tiny, name, prompts=prompts, images_per_prompt=2, batch_noise=batch_noise)
+    together, rows_together = run(tiny, name, prompts=prompts, images_per_prompt=2, batch_noise=batch_noise,
+                                  prompts_per_batch=2, negative_prompt="blurry")
+    alone_negative, _ = run(tiny, name, prompts=prompts, images_per_prompt=2, batch_noise=batch_noise,
+                            negative_prompt="blurry")
+    torch.testing.assert_close(together, alone_negative, atol=1e-5, rtol=0)
+    assert (together - alone).abs().max() > 1e-3, "the negative prompt reaches every prompt of a batch"
+    keys = [(r["prompt"], r["category"], r["seed"]) for r in rows_together.rows]
+    assert keys == [(r["prompt"], r["category"], r["seed"]) for r in rows.rows]
+    assert len({r["seconds_per_image"] for r in rows_together.rows[:4]}) == 1  # one batch, its time split
+
+
+def test_prompts_per_batch_below_one_is_refused(tiny):
+    with pytest.raises(ValueError, match="prompts_per_batch must be at least 1, got 0"):
+        run(tiny, prompts_per_batch=0)

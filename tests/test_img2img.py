@@ -60,3 +60,14 @@ def test_one_init_per_prompt_or_one_for_all(tiny):
 def test_node_checks_the_input_size(tiny):
     with pytest.raises(ValueError, match="'image': width 36 is not a multiple of 8"):
         LoRALabImg2Img().img2img(tiny, SamplerSpec("euler"), CAT, torch.rand(1, 32, 36, 3), 0.5, "", 4, 5.0, 0, 1)
+
+
+def test_prompts_sampled_together_keep_their_own_init_and_mask(tiny):
+    prompts = [Prompt("a cat"), Prompt("a red car")]
+    init, mask = torch.cat([INIT, OTHER]), torch.stack([torch.ones(32, 32), torch.zeros(32, 32)])
+    together = GenerateSettings(**{**S.__dict__, "prompts_per_batch": 2, "images_per_prompt": 2})
+    alone = GenerateSettings(**{**S.__dict__, "images_per_prompt": 2})
+    for m in (None, mask):
+        a, _ = img2img(tiny, SamplerSpec("euler_ancestral"), prompts, alone, init, 0.7, mask=m)
+        b, _ = img2img(tiny, SamplerSpec("euler_ancestral"), prompts, together, init, 0.7, mask=m)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)

@@ -35,7 +35,7 @@ def levels(tiny):
 
 def traced_model(tiny, batch):
     """The UNet with the recording's conditioning; also lists the timesteps it is given."""
-    model = unet_model(tiny, META["prompt"], META["negative"], META["cfg"], batch, META["size"], META["size"])
+    model = unet_model(tiny, [META["prompt"]], META["negative"], META["cfg"], batch, META["size"], META["size"])
 
     def traced(x, t):
         traced.timesteps.append(int(t))
