@@ -23,3 +23,46 @@ class LabLoRA:
     trainable_parameters: int = 0
     file_size_bytes: int = 0
     base_model: str = ""  # the pipeline it was trained on (its name in score tables)
+
+    @property
+    def schedule(self) -> dict | None:
+        """The noise schedule it trained with (scheduler-config keys), from its metadata; None when
+        the metadata does not say."""
+        from .lora_files import schedule_from_metadata
+
+        return schedule_from_metadata(self.metadata)
+
+
+def apply_lora(lp, lora: LabLoRA, unet_strength: float, text_strength: float, dora_norm: str = "peft",
+               name: str | None = None):
+    """``lp`` with ``lora`` applied at the given strengths, as a view: no module is copied, the LoRA is
+    merged into the shared modules while the new pipeline is used (core/patches.py), and ``lp``
+    still gives the model without it. The view samples with the noise schedule the LoRA trained
+    with: a v-prediction or zero-terminal-SNR LoRA is sampled as one. Every shape is checked here.
+    Returns (pipeline, LoRA modules the model lacks)."""
+    import copy
+
+    from .choices import DORA_NORMS
+    from .lora_files import lora_plan
+    from .patches import Patch
+    from .pipeline import describe_schedule, scheduler_for
+
+    if dora_norm not in DORA_NORMS:
+        raise ValueError(f"DoRA norm {dora_norm!r} is not one of {', '.join(DORA_NORMS)}")
+    name = name or lora.name
+    if any(p.device.type == "meta" for p in lp.base.unet.parameters()):
+        raise ValueError("the pipeline was loaded with offload 'sequential', which keeps the weights outside "
+                         "the modules, so a LoRA cannot be applied; load it with offload 'none' or 'model'")
+    plan, unmatched = lora_plan(lp.base, lora.tensors)
+    base, schedule_from = lp.base, lp.schedule_from
+    scheduler = scheduler_for(base.scheduler, lora.schedule)
+    if scheduler is not base.scheduler:
+        if lp.schedule_from:
+            raise ValueError(f"LoRA '{name}' trained with {describe_schedule(scheduler.config)}, but this pipeline "
+                             f"already samples with {describe_schedule(base.scheduler.config)} for LoRA "
+                             f"'{lp.schedule_from}'; LoRAs trained for different schedules cannot be combined")
+        base = copy.copy(base)  # the modules stay shared; only the scheduler differs
+        base.scheduler, schedule_from = scheduler, name
+    patch = Patch(lora.tensors, tuple(plan), unet_strength, text_strength, dora_norm)
+    return type(lp)(base, f"{lp.name} + {name}", lp.family, lp.vae_mode, [*lp.loras, (name, unet_strength, text_strength)],
+                    schedule_from, (*lp.patches, patch)), unmatched

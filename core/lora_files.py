@@ -90,6 +90,48 @@ def kohya_metadata(rank: int, alpha: float, family: str, extra: dict | None = No
     return meta
 
 
+def schedule_metadata(schedule: dict) -> dict[str, str]:
+    """The noise schedule a LoRA trained with, as file metadata: ours in full (diffusers'
+    scheduler-config keys) and kohya's two flags, which kohya, A1111 and other tools read."""
+    return {"loralab_schedule": json.dumps(schedule, sort_keys=True),
+            "ss_v_parameterization": str(schedule["prediction_type"] == "v_prediction"),
+            "ss_zero_terminal_snr": str(bool(schedule["rescale_betas_zero_snr"]))}
+
+
+def schedule_from_metadata(metadata: dict[str, str]) -> dict | None:
+    """The schedule a LoRA file says it trained with (scheduler-config keys), or None when it says
+    nothing: ours, else kohya's ``ss_v_parameterization`` / ``ss_zero_terminal_snr``. Checked, since
+    a shared file is untrusted: only the schedule's keys, with values sampling can use."""
+    from .noise import DIFFUSERS_BETAS, SD_SCHEDULE
+
+    if "loralab_schedule" in metadata:
+        try:
+            schedule = json.loads(metadata["loralab_schedule"])
+        except ValueError:
+            raise ValueError("metadata 'loralab_schedule' is not JSON") from None
+        if not isinstance(schedule, dict):
+            raise ValueError("metadata 'loralab_schedule' is not an object")
+    else:
+        flags = {key: metadata[key] for key in ("ss_v_parameterization", "ss_zero_terminal_snr") if key in metadata}
+        if not any(value == "True" for value in flags.values()):
+            return None  # kohya writes False for an ordinary epsilon LoRA: nothing to change
+        schedule = {"prediction_type": "v_prediction" if flags.get("ss_v_parameterization") == "True" else "epsilon",
+                    "rescale_betas_zero_snr": flags.get("ss_zero_terminal_snr") == "True"}
+    valid = {"prediction_type": lambda v: v in ("epsilon", "v_prediction"),
+             "beta_schedule": lambda v: v in DIFFUSERS_BETAS.values(),
+             "rescale_betas_zero_snr": lambda v: isinstance(v, bool),
+             "num_train_timesteps": lambda v: isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= 100_000,
+             "beta_start": lambda v: isinstance(v, (int, float)) and 0 < v < 1,
+             "beta_end": lambda v: isinstance(v, (int, float)) and 0 < v < 1,
+             "trained_betas": lambda v: v is None or (isinstance(v, list) and 2 <= len(v) <= 100_000 and all(
+                 isinstance(b, (int, float)) and 0 < b < 1 for b in v))}
+    for key, value in schedule.items():
+        if key not in valid or not valid[key](value):
+            raise ValueError(f"metadata 'loralab_schedule' has {key!r} = {value!r}; valid keys: "
+                             f"{', '.join(SD_SCHEDULE)}")
+    return schedule
+
+
 def save_lora_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> Path:
     from safetensors.torch import save_file
 
@@ -226,52 +268,72 @@ def dora_weight(weight: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tens
     return merged * (magnitude.float().reshape(row_norm.shape) / row_norm)
 
 
-def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text_strength: float,
-                dora_norm: str = "peft"):
-    """A pipeline whose touched components are copies with W + strength·ΔW merged in (the
-    original pipeline, shared with other nodes, is left alone); DoRA modules normalised as
-    ``dora_norm`` says (:func:`dora_weight`). Every shape is checked against the model first.
-    Returns (pipe, unmatched names)."""
-    import copy
-
+def lora_plan(pipe, kohya: dict[str, torch.Tensor]) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """What merging ``kohya`` into ``pipe`` changes, with every shape checked against the model
+    first: [(kohya module name, component, module path, parameter)] and the LoRA's names the model
+    lacks. No weight is computed here (an update is as large as its weight)."""
     extra = offsets(kohya)
     index = module_index(pipe)
     originals = {c: dict(getattr(pipe, c).named_modules()) for c in {c for c, _ in index.values()}}
     lora_names = [name for name, parts in _kohya_modules(kohya).items() if ".lora_down.weight" in parts]
     check_lora_shapes(kohya, {name: (index[name][1], originals[index[name][0]][index[name][1]].weight.shape)
                               for name in lora_names if name in index})
+    unmatched = [name for name in lora_names if name not in index]
+    plan = [(name, *index[name], "weight") for name in lora_names if name in index]
     for key, (parameter, offset) in extra.items():
         name = key.split("|")[0]
         target = getattr(originals[index[name][0]][index[name][1]], parameter, None) if name in index else None
-        if target is not None and offset.numel() != target.numel():
+        if target is None:
+            unmatched.append(name)
+            continue
+        if offset.numel() != target.numel():
             raise ValueError(f"key {name + ('.diff' if parameter == 'weight' else '.diff_b')!r} has shape "
                              f"{list(offset.shape)}; the model's {index[name][1]}.{parameter} is {list(target.shape)}")
-    unmatched = [name for name in lora_names if name not in index]
-    deltas = delta_weights(kohya, {name for name in lora_names if name in index})
-    names = list(deltas) + [key.split("|")[0] for key in extra]
-    touched = {index[name][0] for name in names if name in index}
-    new = copy.copy(pipe)
-    for component in touched:
-        setattr(new, component, copy.deepcopy(getattr(pipe, component)))
-    modules = {c: dict(getattr(new, c).named_modules()) for c in touched}
+        plan.append((name, *index[name], "offset:" + parameter))
+    return plan, unmatched
+
+
+def merge_into(pipe, kohya: dict[str, torch.Tensor], plan: list, unet_strength: float, text_strength: float,
+               dora_norm: str = "peft", before=None) -> None:
+    """Add ``plan``'s updates (:func:`lora_plan`) to ``pipe``'s weights in place: W + strength·ΔW,
+    DoRA modules normalised as ``dora_norm`` says (:func:`dora_weight`), full offsets added.
+    ``before(parameter)`` is called before a parameter first changes (to back it up)."""
+    modules = {c: dict(getattr(pipe, c).named_modules()) for c in {c for _, c, _, _ in plan}}
+    extra, seen = offsets(kohya), set()
     with torch.no_grad():
-        for name, delta in deltas.items():
-            component, path = index[name]
+        for name, component, path, what in plan:
+            module = modules[component][path]
+            if hasattr(module, "base_layer"):  # wrapped by peft while a LoRA trains on top of this one
+                module = module.base_layer
             strength = unet_strength if component == "unet" else text_strength
-            weight = modules[component][path].weight
-            delta = delta.reshape(weight.shape)
-            if f"{name}.dora_scale" in kohya:
-                delta = dora_weight(weight, delta, kohya[f"{name}.dora_scale"], dora_norm) - weight.float()
-            weight += (strength * delta).to(weight.dtype)
-        for key, (parameter, offset) in extra.items():
-            name = key.split("|")[0]
-            if name not in index or getattr(modules[index[name][0]][index[name][1]], parameter, None) is None:
-                unmatched.append(name)
+            offset = what.startswith("offset:")
+            parameter = getattr(module, what.removeprefix("offset:"))
+            if before is not None and id(parameter) not in seen:
+                seen.add(id(parameter))
+                before(parameter)
+            if offset:
+                value = extra[f"{name}|{what.removeprefix('offset:')}"][1]
+                parameter += (strength * value.float()).reshape(parameter.shape).to(parameter.dtype)
                 continue
-            component, path = index[name]
-            strength = unet_strength if component == "unet" else text_strength
-            target = getattr(modules[component][path], parameter)
-            target += (strength * offset.float()).reshape(target.shape).to(target.dtype)
+            delta = delta_weights(kohya, {name})[name].reshape(parameter.shape)
+            if f"{name}.dora_scale" in kohya:
+                delta = dora_weight(parameter, delta, kohya[f"{name}.dora_scale"], dora_norm) - parameter.float()
+            parameter += (strength * delta).to(parameter.dtype)
+
+
+def merged_copy(pipe, kohya: dict[str, torch.Tensor], unet_strength: float, text_strength: float,
+                dora_norm: str = "peft"):
+    """A pipeline whose touched components are copies with the LoRA merged in (:func:`merge_into`);
+    the original pipeline is left alone. Every shape is checked against the model first. Returns
+    (pipe, unmatched names). Apply LoRA does not copy: it patches the shared modules while they are
+    used (core/patches.py)."""
+    import copy
+
+    plan, unmatched = lora_plan(pipe, kohya)
+    new = copy.copy(pipe)
+    for component in {c for _, c, _, _ in plan}:
+        setattr(new, component, copy.deepcopy(getattr(pipe, component)))
+    merge_into(new, kohya, plan, unet_strength, text_strength, dora_norm)
     return new, unmatched
 
 

@@ -47,6 +47,40 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
     return 1 - alphas
 
 
+# SD's schedule: what a scheduler config that names no schedule means (ComfyUI and diffusers'
+# SD pipelines assume it too).
+SD_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+               "beta_schedule": "scaled_linear", "trained_betas": None, "rescale_betas_zero_snr": False,
+               "prediction_type": "epsilon"}
+# our names <-> diffusers' ``beta_schedule`` names
+DIFFUSERS_BETAS = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+MODEL = "model"  # a Noise Strategy choice: keep what the pipeline's scheduler config says
+
+
+def schedule_of(scheduler_config) -> dict:
+    """The keys of a diffusers scheduler config that fix training's noise and sampling's: β
+    (schedule, range, count or the trained list), zero terminal SNR, prediction type."""
+    config = dict(scheduler_config or {})
+    return {key: config.get(key, default) if config.get(key) is not None else default
+            for key, default in SD_SCHEDULE.items()}
+
+
+def betas_from_config(scheduler_config) -> torch.Tensor:
+    """β_1..β_T (float64) of a diffusers scheduler config, as its schedulers compute them: the
+    trained list, or the named schedule over [beta_start, beta_end], then the zero-terminal-SNR
+    rescale when ``rescale_betas_zero_snr`` is set. Training and sampling both read β from here."""
+    config = schedule_of(scheduler_config)
+    if config["trained_betas"] is not None:
+        betas = torch.tensor(config["trained_betas"], dtype=torch.float64)
+    else:
+        names = {v: k for k, v in DIFFUSERS_BETAS.items()}
+        if config["beta_schedule"] not in names:
+            raise ValueError(f"beta schedule {config['beta_schedule']!r} is not one of {', '.join(names)}")
+        betas = betas_for(names[config["beta_schedule"]], config["num_train_timesteps"], config["beta_start"],
+                          config["beta_end"])
+    return rescale_zero_terminal_snr(betas) if config["rescale_betas_zero_snr"] else betas
+
+
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
@@ -165,8 +199,8 @@ def unsupported_combination(loss_weighting: str, prediction: str, zero_terminal_
 class NoiseStrategy:
     """``LL_NOISE``: how training noises latents and weighs the loss."""
 
-    beta_schedule: str = "scaled_linear"
-    zero_terminal_snr: bool = False
+    beta_schedule: str = MODEL  # or a BETA_SCHEDULES name over the model's β range
+    zero_terminal_snr: bool = False  # True rescales; False keeps the model's setting
     timestep_sampling: str = "uniform"
     snr_power: float = 0.25
     split: int = 500
@@ -176,18 +210,43 @@ class NoiseStrategy:
     logit_std: float = 1.0
     loss_weighting: str = "mse"
     min_snr_gamma: float = 5.0
-    prediction: str = "epsilon"
+    prediction: str = MODEL  # or a PREDICTIONS name
     noise_offset: float = 0.0
     input_perturbation: float = 0.0
 
     def __post_init__(self):
-        problem = unsupported_combination(self.loss_weighting, self.prediction, self.zero_terminal_snr)
+        if self.beta_schedule not in (MODEL, *BETA_SCHEDULES):
+            raise ValueError(f"beta schedule {self.beta_schedule!r} is not one of {MODEL}, {', '.join(BETA_SCHEDULES)}")
+        if self.prediction not in (MODEL, *PREDICTIONS):
+            raise ValueError(f"prediction type {self.prediction!r} is not one of {MODEL}, {', '.join(PREDICTIONS)}")
+        if self.prediction != MODEL:
+            problem = unsupported_combination(self.loss_weighting, self.prediction, self.zero_terminal_snr)
+            if problem:
+                raise ValueError(problem)
+
+    def schedule(self, scheduler_config=None) -> dict:
+        """The schedule this strategy trains with on a model whose scheduler config is
+        ``scheduler_config`` (SD's when None), in that config's keys: the model's own, except where
+        the strategy deliberately overrides it (a named β schedule over the model's β range, zero
+        terminal SNR, a named prediction type). A LoRA carries it so that sampling matches."""
+        config = schedule_of(scheduler_config)
+        if self.beta_schedule != MODEL:
+            config.update(beta_schedule=DIFFUSERS_BETAS[self.beta_schedule], trained_betas=None)
+        if self.zero_terminal_snr:
+            config["rescale_betas_zero_snr"] = True
+        if self.prediction != MODEL:
+            config["prediction_type"] = self.prediction
+        prediction = config["prediction_type"]
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"the model's prediction type {prediction!r} cannot be trained; "
+                             f"valid: {', '.join(PREDICTIONS)}")
+        problem = unsupported_combination(self.loss_weighting, prediction, config["rescale_betas_zero_snr"])
         if problem:
             raise ValueError(problem)
+        return config
 
-    def betas(self, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
-        betas = betas_for(self.beta_schedule, T, beta_start, beta_end)
-        return rescale_zero_terminal_snr(betas) if self.zero_terminal_snr else betas
+    def betas(self, scheduler_config=None) -> torch.Tensor:
+        return betas_from_config(self.schedule(scheduler_config))
 
     def sample(self, n: int, snr_t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.timestep_sampling == "logit_normal":
@@ -198,5 +257,7 @@ class NoiseStrategy:
         return sample_timesteps(self.timestep_sampling, n, snr_t, generator,
                                 **options.get(self.timestep_sampling, {}))
 
-    def weights(self, snr_t: torch.Tensor) -> torch.Tensor:
-        return loss_weight(self.loss_weighting, snr_t, self.prediction, self.min_snr_gamma)
+    def weights(self, snr_t: torch.Tensor, prediction: str | None = None) -> torch.Tensor:
+        """Loss weights for a model predicting ``prediction`` (the strategy's own when it names one)."""
+        prediction = prediction or (self.prediction if self.prediction != MODEL else "epsilon")
+        return loss_weight(self.loss_weighting, snr_t, prediction, self.min_snr_gamma)

@@ -33,27 +33,41 @@ TILE_ABOVE_PIXELS = 2048 * 2048
 
 @dataclass
 class LabPipeline:
-    pipe: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline
+    """``LL_PIPELINE``: shared diffusers components and the LoRAs applied to them as patches. Use
+    ``pipe``: reading it makes the shared modules carry this pipeline's patches (core/patches.py),
+    so views of one model never copy it."""
+
+    base: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline, shared between views
     name: str
     family: str  # "sd1" or "sdxl"
     vae_mode: str = "auto"
     loras: list = field(default_factory=list)
+    schedule_from: str = ""  # the applied LoRA whose training schedule the scheduler follows, if any
+    patches: tuple = ()  # core.patches.Patch, in the order applied
+
+    @property
+    def pipe(self):
+        """The diffusers pipeline, its modules carrying exactly this view's LoRAs."""
+        from .patches import activate
+
+        activate(self.base, self.patches)
+        return self.base
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device
+        return self.base._execution_device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        return self.base.unet.dtype
 
     @property
     def native_size(self) -> int:
-        return self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return self.base.unet.config.sample_size * self.base.vae_scale_factor
 
     @property
     def size_multiple(self) -> int:
-        return self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        return self.base.vae_scale_factor * 2 ** (len(self.base.unet.config.block_out_channels) - 1)
 
     def size_problem(self, width: int, height: int) -> str | None:
         """Why this model cannot render ``width`` x ``height`` (None when it can)."""
@@ -74,9 +88,34 @@ class LabPipeline:
         mode = self.vae_mode
         if mode == "auto":
             mode = "tiled" if width * height > TILE_ABOVE_PIXELS else "sliced" if batch > 1 else "full"
-        vae = self.pipe.vae
+        vae = self.base.vae
         vae.use_tiling = mode == "tiled"
         vae.use_slicing = mode in ("sliced", "tiled")
+
+
+def scheduler_for(scheduler, schedule: dict | None):
+    """``scheduler`` when it already samples with ``schedule`` (scheduler-config keys; None: no
+    wish), else a new scheduler of its class from its config updated with them. Zero terminal SNR
+    comes with trailing timestep spacing, which starts sampling at the last (pure-noise) step as
+    Lin et al. 2023 require (our samplers' schedules start there anyway)."""
+    from .noise import schedule_of
+
+    if not schedule:
+        return scheduler
+    current = schedule_of(scheduler.config)
+    wanted = {**current, **schedule}
+    if wanted == current:
+        return scheduler
+    spacing = {"timestep_spacing": "trailing"} if wanted["rescale_betas_zero_snr"] else {}
+    return type(scheduler).from_config({**dict(scheduler.config), **wanted, **spacing})
+
+
+def describe_schedule(config) -> str:
+    from .noise import schedule_of
+
+    s = schedule_of(config)
+    betas = "trained betas" if s["trained_betas"] is not None else f"{s['beta_schedule']} betas"
+    return f"{s['prediction_type']}, {betas}" + (", zero terminal SNR" if s["rescale_betas_zero_snr"] else "")
 
 
 def model_choices() -> list[str]:

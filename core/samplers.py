@@ -96,7 +96,6 @@ class NoiseLevels:
         return model_output
 
 
-_BETA_NAMES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 # ComfyUI's ᾱ at the last step after the zero-terminal-SNR rescale (σ would be infinite at 0).
 ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
 
@@ -105,23 +104,17 @@ def noise_levels(scheduler_config) -> NoiseLevels:
     """The noise levels of a diffusers scheduler config (β computed in float64, σ kept in float32)."""
     import torch
 
-    from .noise import betas_for, rescale_zero_terminal_snr
+    from .noise import betas_from_config
 
     config = dict(scheduler_config)
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise SamplerError(f"the model's prediction type {prediction!r} cannot be sampled; "
                            "valid: epsilon, v_prediction, sample")
-    if config.get("trained_betas") is not None:
-        betas = torch.tensor(config["trained_betas"], dtype=torch.float64)
-    else:
-        schedule = config.get("beta_schedule", "scaled_linear")
-        if schedule not in _BETA_NAMES:
-            raise SamplerError(f"the model's beta schedule {schedule!r} is not one of {', '.join(_BETA_NAMES)}")
-        betas = betas_for(_BETA_NAMES[schedule], config.get("num_train_timesteps", 1000),
-                          config.get("beta_start", 0.00085), config.get("beta_end", 0.012))
-    if config.get("rescale_betas_zero_snr"):
-        betas = rescale_zero_terminal_snr(betas)
+    try:
+        betas = betas_from_config(config)
+    except ValueError as e:
+        raise SamplerError(f"the model's {e}") from None
     alpha_bar = torch.cumprod(1 - betas, dim=0)
     if config.get("rescale_betas_zero_snr"):
         alpha_bar[-1] = ZSNR_LAST_ALPHA_BAR

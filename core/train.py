@@ -27,7 +27,8 @@ from .choices import LR_SCHEDULES, OPTIMIZERS
 from .distill import LCMSpec, lcm_per_example_loss
 from .lora import LoRAConfigSpec, fit_budget, kohya_alpha, resolve_targets
 from .measure import measure
-from .noise import NoiseStrategy, alphas_cumprod, offset_noise, perturb_input_noise, snr, target_for
+from .noise import (NoiseStrategy, alphas_cumprod, betas_from_config, offset_noise, perturb_input_noise, snr,
+                    target_for)
 from .runtime import check_interrupted
 
 
@@ -525,7 +526,8 @@ def steps_for(spec: TrainSpec, n_examples: int) -> TrainSpec:
     return dataclasses.replace(spec, steps=max(1, math.ceil(spec.epochs * n_examples / per_step)))
 
 
-def _denoising_loss(unet, x0, cond, added, noise, alpha_bar, snr_t, noise_gen, autocast) -> torch.Tensor:
+def _denoising_loss(unet, x0, cond, added, noise, prediction, alpha_bar, snr_t, noise_gen,
+                    autocast) -> torch.Tensor:
     """The diffusion loss per example: noise x₀ at sampled t, predict, weight (Noise Strategy)."""
     device = x0.device
     t = noise.sample(len(x0), snr_t, noise_gen)
@@ -539,9 +541,9 @@ def _denoising_loss(unet, x0, cond, added, noise, alpha_bar, snr_t, noise_gen, a
     with autocast:
         pred = unet(noisy.to(dtype), t.to(device), encoder_hidden_states=cond.to(dtype),
                     added_cond_kwargs=added).sample
-    target = target_for(noise.prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
+    target = target_for(prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
     per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
-    return per_sample * noise.weights(snr_t[t]).to(device, torch.float32)
+    return per_sample * noise.weights(snr_t[t], prediction).to(device, torch.float32)
 
 
 def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, validation=None) -> TrainResult:
@@ -563,7 +565,8 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     buckets = None if isinstance(data.latents, torch.Tensor) else [tuple(x.shape) for x in data.latents]
     batches = _Batches(len(data.latents), spec.batch_size, spec.seed, buckets)
     noise_gen = torch.Generator().manual_seed(_derived_seed(spec.seed, 1))
-    alpha_bar = alphas_cumprod(noise.betas())
+    noise_schedule = noise.schedule(pipe.scheduler.config)  # the model's, where the strategy does not override it
+    alpha_bar, prediction = alphas_cumprod(betas_from_config(noise_schedule)), noise_schedule["prediction_type"]
     snr_t = snr(alpha_bar)
     latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
     embeddings = data.embeddings.clone().to(device)
@@ -617,9 +620,10 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
                 cond = dropout.apply(cond, added, drop, encoded=text_encoder is not None)
                 if spec.distill is not None:
                     per_sample = lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec.distill,
-                                                      noise.prediction, noise_gen, autocast, added)
+                                                      prediction, noise_gen, autocast, added)
                 else:
-                    per_sample = _denoising_loss(unet, x0, cond, added, noise, alpha_bar, snr_t, noise_gen, autocast)
+                    per_sample = _denoising_loss(unet, x0, cond, added, noise, prediction, alpha_bar, snr_t,
+                                                 noise_gen, autocast)
                 if data.weights is not None:
                     per_sample = per_sample * data.weights[index].to(device)
                 loss = per_sample.mean() / spec.grad_accum
@@ -654,7 +658,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     targets = [t for _, model_targets in models.values() for t in model_targets]
     return TrainResult(states, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
                        sum(p.numel() for p in params), step,
-                       {"noise": asdict(noise), "train": asdict(spec),
+                       {"noise": asdict(noise), "train": asdict(spec), "schedule": noise_schedule,
                         "lora": asdict(lcfg) if lcfg is not None else None}, validations)
 
 
@@ -705,7 +709,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
                       weights: list[float] | None = None):
     """Encode, train and package as an ``LL_LORA`` (kohya tensors + training record)."""
     from .lab_lora import LabLoRA
-    from .lora_files import kohya_metadata, to_kohya
+    from .lora_files import kohya_metadata, schedule_metadata, to_kohya
     from .runtime import progress
 
     captions = _one_caption_each(images, captions)
@@ -732,7 +736,8 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
     meta = kohya_metadata(lcfg.rank, lcfg.alpha, lp.family, {
         "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
         "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],
-        "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets})
+        "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets,
+        **schedule_metadata(result.metadata["schedule"])})
     unet_alpha = kohya_alpha(lcfg.alpha, lcfg.rank, lcfg.variant)
     te_alpha = kohya_alpha(lcfg.text_encoder_alpha or lcfg.text_encoder_rank, lcfg.text_encoder_rank, lcfg.variant)
     prefixes = {"unet": "lora_unet", "text_encoder": "lora_te1" if lp.family == "sdxl" else "lora_te",

@@ -113,7 +113,7 @@ class LoRALabTrainLoRA:
 
     def train(self, pipeline, noise, lora_config, train_config, run_name, dataset=None, images=None,
               captions="a photo in sks style", distill=None):
-        from ..core.lora_files import merged_copy
+        from ..core.lab_lora import apply_lora
         from ..core.scores import ScoreTable
         from ..core.train import train_from_images
 
@@ -129,9 +129,10 @@ class LoRALabTrainLoRA:
         images, lines, weights = _examples("Train LoRA", dataset, images, captions)
         lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, checkpoints, run_name,
                                  weights)
-        pipe, _ = merged_copy(pipeline.pipe, lora.tensors, 1.0, 1.0)
-        applied = type(pipeline)(pipe, f"{pipeline.name} + {run_name}", pipeline.family, pipeline.vae_mode,
-                                 [*pipeline.loras, (run_name, 1.0, 1.0)])
+        try:
+            applied, _ = apply_lora(pipeline, lora, 1.0, 1.0, name=run_name)
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Train LoRA: input 'pipeline': {e}") from None
         row = {"model": applied.name, "lora": run_name, "rank": lora.rank, "alpha": lora.alpha,
                "train_seconds": lora.seconds, "train_peak_memory_mb": lora.peak_memory_mb,
                "trainable_parameters": lora.trainable_parameters, "final_loss": lora.losses[-1]}
@@ -251,7 +252,7 @@ class LoRALabApplyLoRA:
         }}
 
     def apply(self, pipeline, lora, unet_strength, text_strength, dora_norm="peft"):
-        from ..core.lora_files import merged_copy
+        from ..core.lab_lora import apply_lora
 
         if lora.family != pipeline.family:
             raise ValueError(f"LoRA Lab: Apply LoRA: LoRA '{lora.name}' is for {lora.family}, the pipeline is "
@@ -260,14 +261,13 @@ class LoRALabApplyLoRA:
             raise ValueError(f"LoRA Lab: Apply LoRA: input 'dora_norm' = {dora_norm!r} is not one of "
                              f"{', '.join(DORA_NORMS)}")
         try:
-            pipe, unmatched = merged_copy(pipeline.pipe, lora.tensors, unet_strength, text_strength, dora_norm)
+            applied, unmatched = apply_lora(pipeline, lora, unet_strength, text_strength, dora_norm)
         except ValueError as e:
             raise ValueError(f"LoRA Lab: Apply LoRA: LoRA '{lora.name}': {e}") from None
         if unmatched:
             raise ValueError(f"LoRA Lab: Apply LoRA: {len(unmatched)} LoRA modules are not in this model "
                              f"(e.g. {unmatched[0]}); was it trained on another architecture?")
-        return (type(pipeline)(pipe, f"{pipeline.name} + {lora.name}", pipeline.family, pipeline.vae_mode,
-                               [*pipeline.loras, (lora.name, unet_strength, text_strength)]),)
+        return (applied,)
 
 
 class LoRALabSaveLoRA:
@@ -378,8 +378,12 @@ class LoRALabLoadLoRA:
         alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(rank))
         family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_", "diffusion_model.label_emb")) for k in tensors) \
             or meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
-        return (LabLoRA(tensors, rank, alpha, family, lora_name, meta,
-                        file_size_bytes=files[lora_name].stat().st_size),)
+        lora = LabLoRA(tensors, rank, alpha, family, lora_name, meta, file_size_bytes=files[lora_name].stat().st_size)
+        try:
+            lora.schedule  # a damaged or hostile schedule is refused here, not when sampling
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r}: {e}") from None
+        return (lora,)
 
 
 class LoRALabBlendLoRAs:
@@ -406,9 +410,16 @@ class LoRALabBlendLoRAs:
         from ..core.lab_lora import LabLoRA
         from ..core.lora_files import blend
 
+        from ..core.pipeline import describe_schedule
+
         if lora_a.family != lora_b.family:
             raise ValueError(f"LoRA Lab: Blend LoRAs: {lora_a.name} is {lora_a.family}, "
                              f"{lora_b.name} is {lora_b.family}")
+        sa, sb = lora_a.schedule or {}, lora_b.schedule or {}
+        if any(sa[k] != sb[k] for k in sa.keys() & sb.keys()):
+            a, b = describe_schedule(sa), describe_schedule(sb)
+            raise ValueError(f"LoRA Lab: Blend LoRAs: {lora_a.name} trained with {a}, {lora_b.name} with {b}; "
+                             "LoRAs for different noise schedules do not blend")
         try:
             tensors = blend([lora_a.tensors, lora_b.tensors], [weight_a, 1 - weight_a], rank or None)
         except ValueError as e:

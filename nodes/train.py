@@ -17,10 +17,12 @@ class LoRALabNoiseStrategy:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "beta_schedule": (list(BETA_SCHEDULES), {"default": "scaled_linear", "tooltip":
-                              "linear; scaled_linear (SD's own, the seeds' 'quadratic'); cosine. A "
-                              "pretrained SD model learned scaled_linear: another schedule changes "
-                              "what each timestep means to it."}),
+            "beta_schedule": (["model", *BETA_SCHEDULES], {"default": "model", "tooltip":
+                              "model: the pipeline's own (its scheduler config; SD's is scaled_linear); "
+                              "linear; scaled_linear (the seeds' 'quadratic'); cosine, over the model's "
+                              "beta range. A pretrained model learned its own: another schedule changes "
+                              "what each timestep means to it. The LoRA carries the schedule it trained "
+                              "with, and Generate samples with it."}),
             "timestep_sampling": (list(TIMESTEP_SAMPLERS), {"default": "uniform", "tooltip":
                                   "uniform; snr: p(t) proportional to SNR(t)^snr_power (favours low "
                                   "noise / detail); high_noise: t >= split; low_noise: t < split; "
@@ -29,8 +31,10 @@ class LoRALabNoiseStrategy:
                                "mse: plain; snr: SNR/(1+SNR); min_snr: min(SNR, gamma)/SNR = min(1, "
                                "gamma/SNR) (v: /(SNR+1), Hang et al. 2023); debiased: 1/sqrt(SNR) (kohya; "
                                "with epsilon, not with zero_terminal_snr, where SNR reaches 0)."}),
-            "prediction": (list(PREDICTIONS), {"default": "epsilon", "tooltip":
-                           "What the model predicts: epsilon (SD1.x/SDXL) or v (v-prediction)."}),
+            "prediction": (["model", *PREDICTIONS], {"default": "model", "tooltip":
+                           "What the model learns to predict: model = what the pipeline's scheduler "
+                           "config says (epsilon for SD1.x/SDXL); epsilon; v_prediction. Carried in the "
+                           "LoRA, so Generate samples a v-prediction LoRA as v-prediction."}),
         }, "optional": {
             "snr_power": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip":
                           "k of the snr sampler; 0.25 puts the median near t = 270 on SD's schedule."}),
@@ -51,7 +55,8 @@ class LoRALabNoiseStrategy:
                                    "Perturbs the noise that builds x_t (not the target); 0.1 in Ning et al."}),
             "zero_terminal_snr": ("BOOLEAN", {"default": False, "tooltip":
                                   "Rescale betas so the last step is pure noise (Lin et al. 2023); "
-                                  "best with v prediction. SNR is 0 at the last step: min_snr weighs it 1 "
+                                  "best with v prediction; off keeps the model's setting. Generate then "
+                                  "samples from the top timestep with rescaled CFG. SNR is 0 at the last step: min_snr weighs it 1 "
                                   "(epsilon) or 0 (v); debiased with epsilon is refused (1/sqrt(0))."}),
         }}
 
@@ -63,11 +68,11 @@ class LoRALabNoiseStrategy:
         from ..core.noise import unsupported_combination
 
         for name, value, valid in (("loss_weighting", loss_weighting, LOSS_WEIGHTS),
-                                   ("prediction", prediction, PREDICTIONS)):
+                                   ("prediction", prediction, ("model", *PREDICTIONS))):
             if value is not None and value not in valid:
                 return f"input '{name}' = {value!r} is not one of {', '.join(valid)}"
-        if None in (loss_weighting, prediction, zero_terminal_snr):
-            return True
+        if None in (loss_weighting, prediction, zero_terminal_snr) or prediction == "model":
+            return True  # linked, or the model's prediction type: checked when the node runs
         return unsupported_combination(loss_weighting, prediction, bool(zero_terminal_snr)) or True
 
     def build(self, beta_schedule, timestep_sampling, loss_weighting, prediction, **options):

@@ -7,6 +7,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 
+from loralab.core.lab_lora import LabLoRA
 from loralab.core.lora import resolve_targets
 from loralab.core.lora_files import delta_weights, kohya_metadata, kohya_name, save_lora_file, to_kohya
 
@@ -324,19 +325,24 @@ def test_apply_lora_dora_norm_comfyui_merges_by_the_base_weights_norm(tiny):
     targets = resolve_targets(tiny.pipe.unet, "all_linear+conv")
     state, _ = _peft_merged(tiny.pipe.unet, targets, 4, 8.0, 3, use_dora=True)
     kohya = to_kohya(state, 8.0)
-    lora = type("L", (), {"tensors": kohya, "family": "sd1", "name": "dora"})()
+    lora = LabLoRA(kohya, 4, 8.0, "sd1", "dora")
     (comfy,) = LoRALabApplyLoRA().apply(tiny, lora, 0.7, 1.0, dora_norm="comfyui")
     (peft,) = LoRALabApplyLoRA().apply(tiny, lora, 0.7, 1.0)
     deltas = delta_weights(kohya)
-    ours, theirs = dict(comfy.pipe.unet.named_modules()), dict(peft.pipe.unet.named_modules())
+
+    def weights(lp):  # views share the modules: read each one's weights while it is in use
+        modules = dict(lp.pipe.unet.named_modules())
+        return {name: modules[name].weight.detach().clone() for name in (TO_Q, CONV)}
+
+    ours, theirs, base = weights(comfy), weights(peft), weights(tiny)
     for name in (TO_Q, CONV):
         key = "lora_unet_" + name.replace(".", "_")
-        w = dict(tiny.pipe.unet.named_modules())[name].weight.detach()
+        w = base[name]
         norm = w.flatten(1).norm(dim=1).reshape(-1, *[1] * (w.ndim - 1)) + torch.finfo(torch.float32).eps
         m = kohya[f"{key}.dora_scale"].reshape(norm.shape)
         expected = w + 0.7 * (m * (w + deltas[key].reshape(w.shape)) / norm - w)
-        torch.testing.assert_close(ours[name].weight, expected, atol=1e-6, rtol=1e-5)
-        assert not torch.allclose(theirs[name].weight, expected, atol=1e-4)
+        torch.testing.assert_close(ours[name], expected, atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(theirs[name], expected, atol=1e-4)
 
 
 def test_a_dora_file_in_diffusers_layout_loads_in_diffusers_for_every_target_kind(tiny, tmp_path):
@@ -438,14 +444,14 @@ def test_load_lora_reads_offset_only_files_and_refuses_files_without_weights(tin
     from loralab.nodes.lora import LoRALabApplyLoRA, LoRALabLoadLoRA
 
     (tmp_path / "loras").mkdir()
-    norm = dict(tiny.pipe.unet.named_modules())["conv_norm_out"]
-    save_file({"diffusion_model.out.0.diff": torch.full_like(norm.weight, 0.5)},
+    norm = dict(tiny.pipe.unet.named_modules())["conv_norm_out"].weight.detach().clone()
+    save_file({"diffusion_model.out.0.diff": torch.full_like(norm, 0.5)},
               tmp_path / "loras" / "offsets.safetensors")
     save_file({"lora_unet_conv_in.alpha": torch.tensor(1.0)}, tmp_path / "loras" / "empty.safetensors")
     monkeypatch.setenv("LORALAB_MODELS_DIR", str(tmp_path))
     (offsets,) = LoRALabLoadLoRA().load("offsets.safetensors")
     assert offsets.rank == 0
     (applied,) = LoRALabApplyLoRA().apply(tiny, offsets, 1.0, 1.0)
-    torch.testing.assert_close(applied.pipe.unet.conv_norm_out.weight, norm.weight + 0.5)
+    torch.testing.assert_close(applied.pipe.unet.conv_norm_out.weight, norm + 0.5)
     with pytest.raises(ValueError, match="LoRA Lab: Load LoRA: .*'empty.safetensors'.*holds no LoRA weights"):
         LoRALabLoadLoRA().load("empty.safetensors")

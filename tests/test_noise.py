@@ -187,7 +187,9 @@ def test_debiased_epsilon_weighting_with_zero_terminal_snr_is_refused_at_validat
     from loralab.nodes.train import LoRALabNoiseStrategy
 
     with pytest.raises(ValueError, match="debiased.*epsilon.*zero_terminal_snr"):
-        noise.NoiseStrategy(loss_weighting="debiased", zero_terminal_snr=True)
+        noise.NoiseStrategy(loss_weighting="debiased", zero_terminal_snr=True, prediction="epsilon")
+    with pytest.raises(ValueError, match="debiased.*epsilon.*zero_terminal_snr"):  # the model's own: epsilon
+        noise.NoiseStrategy(loss_weighting="debiased", zero_terminal_snr=True).schedule(None)
     assert noise.NoiseStrategy(loss_weighting="debiased", zero_terminal_snr=True, prediction="v_prediction")
     assert torch.isfinite(noise.loss_weight("debiased", ZERO_TERMINAL, "v_prediction")).all()
     with pytest.raises(ValueError, match="LoRA Lab: Noise Strategy: .*debiased"):
