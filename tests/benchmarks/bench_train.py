@@ -93,10 +93,19 @@ def prepare(workdir: Path, size: int, tiny: bool, single_file: bool) -> None:
         save_file({k: v.contiguous() for k, v in ldm.items()}, str(workdir / "sd15.safetensors"))
 
 
-def run_ours(workdir: Path, steps: int, checkpointing: bool, precision: str, math: str) -> None:
+def read_images(folder: Path):
+    """The imagefolder as ComfyUI images (``[N,H,W,3]`` in 0..1) and captions, for ours and for ComfyUI."""
     import numpy as np
     import torch
     from PIL import Image
+
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    images = [np.asarray(Image.open(folder / row["file_name"]).convert("RGB"), dtype=np.float32) / 255 for row in rows]
+    return torch.from_numpy(np.stack(images)), [row["text"] for row in rows]
+
+
+def run_ours(workdir: Path, steps: int, checkpointing: bool, precision: str, math: str) -> None:
+    import torch
 
     from loralab.core.checkpoints import load_diffusers_folder
     from loralab.core.lora import LoRAConfigSpec
@@ -105,10 +114,7 @@ def run_ours(workdir: Path, steps: int, checkpointing: bool, precision: str, mat
 
     pipe, _ = load_diffusers_folder(workdir / "diffusers", torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    rows = [json.loads(line) for line in (workdir / "images" / "metadata.jsonl").read_text().splitlines()]
-    images = torch.stack([torch.from_numpy(np.asarray(Image.open(workdir / "images" / row["file_name"]).convert("RGB"),
-                                                      dtype=np.float32) / 255) for row in rows])
-    data = encode_dataset(pipe, images, [row["text"] for row in rows])
+    data = encode_dataset(pipe, *read_images(workdir / "images"))
     result = train_lora(pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=4, alpha=4.0, init="gaussian"),
                         TrainSpec(steps=steps, lr=1e-4, gradient_checkpointing=checkpointing,
                                   mixed_precision="no" if precision == "fp32" else precision, fp32_math=math),

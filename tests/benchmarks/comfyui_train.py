@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()
+    from bench_train import read_images  # this file's folder is on sys.path as the script's
+
     sys.path.insert(0, str(args.comfyui))
     os.chdir(args.comfyui)  # ComfyUI finds its folders (models/, custom_nodes/) relative to itself
     import comfy.cli_args
@@ -35,10 +37,8 @@ def main() -> None:
     comfy.cli_args.args.cpu = True  # before comfy.model_management reads it: the benchmark compares CPU runs
     import comfy.sd
     import comfy.utils
-    import numpy as np
     import torch
     from comfy_extras.nodes_train import TrainLoraNode
-    from PIL import Image
 
     import nodes
 
@@ -46,13 +46,9 @@ def main() -> None:
         model, clip, vae = comfy.sd.load_checkpoint_guess_config(
             str(args.checkpoint), output_vae=True, output_clip=True, embedding_directory=None)[:3]
         print(f"ComfyUI detected {type(model.model.model_config).__name__}", flush=True)
-        latents, positive = [], []
-        for line in (args.images / "metadata.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            image = Image.open(args.images / row["file_name"]).convert("RGB")
-            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None]
-            latents.append(nodes.VAEEncode().encode(vae, pixels)[0])
-            positive.append(nodes.CLIPTextEncode().encode(clip, row["text"])[0])
+        pixels, captions = read_images(args.images)
+        latents = [nodes.VAEEncode().encode(vae, pixels)[0]]
+        positive = [nodes.CLIPTextEncode().encode(clip, caption)[0] for caption in captions]
         comfy.utils.set_progress_bar_global_hook(
             lambda value, total, preview, node_id=None: print(f"loralab-bench-step {value}", flush=True))
         out = TrainLoraNode.execute(
