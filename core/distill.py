@@ -96,26 +96,36 @@ def adapters_off(model):
             layer.enable_adapters(True)
 
 
-def lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec: LCMSpec, prediction: str, generator,
+def lcm_draws(shape, spec: LCMSpec, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A step's random draws for ``shape[0]`` examples, in this order: the solver-step index, the
+    guidance w, the noise ε (a CPU generator, so runs repeat and resume exactly)."""
+    n = shape[0]
+    index = torch.randint(0, spec.ddim_steps, (n,), generator=generator)
+    w = spec.w_min + (spec.w_max - spec.w_min) * torch.rand(n, generator=generator)
+    return {"index": index, "w": w, "eps": torch.randn(shape, generator=generator)}
+
+
+def lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec: LCMSpec, prediction: str, draws,
                          autocast, added: dict | None = None) -> torch.Tensor:
     """One LCM-LoRA distillation step's per-example loss (see the module docstring). ``alpha_bar``
-    is ᾱ on the CPU; ``uncond`` the empty prompt's embedding (one row; SD1); random draws come from
-    ``generator`` (a CPU generator, so runs repeat and resume exactly). SDXL passes ``added``
+    is ᾱ on the CPU; ``uncond`` the empty prompt's embedding (one row; SD1); ``draws`` are :func:`lcm_draws`'s (or a
+    CPU generator to draw them from). SDXL passes ``added``
     (pooled ``text_embeds``, ``time_ids``); its unconditional input is zeros for the prompt and
     pooled embeddings with the same size conditioning (SDXL's ``force_zeros_for_empty_prompt``, as
     diffusers' SDXL LCM scripts do)."""
-    device, dtype, n = x0.device, unet.dtype, len(x0)
+    device, dtype = x0.device, next(unet.parameters()).dtype
+    if isinstance(draws, torch.Generator):
+        draws = lcm_draws(x0.shape, spec, draws)
     uncond_added = None
     if added:
         added = {k: v.to(device, dtype) for k, v in added.items()}
         uncond = torch.zeros_like(cond[:1])
         uncond_added = {**added, "text_embeds": torch.zeros_like(added["text_embeds"])}
     grid = ddim_timesteps(len(alpha_bar), spec.ddim_steps)
-    index = torch.randint(0, spec.ddim_steps, (n,), generator=generator)
-    s = grid[index]
+    s = grid[draws["index"]]
     t = (s - (grid[0] + 1)).clamp(min=0)  # τ_{i-1} = τ_i − k; 0 below the grid
-    w = (spec.w_min + (spec.w_max - spec.w_min) * torch.rand(n, generator=generator)).view(-1, 1, 1, 1).to(device)
-    eps = torch.randn(x0.shape, generator=generator).to(device)
+    w = draws["w"].view(-1, 1, 1, 1).to(device)
+    eps = draws["eps"].to(device)
 
     def shaped(values):
         return values.to(device, torch.float32).view(-1, 1, 1, 1)

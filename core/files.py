@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from .runtime import is_main_process
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -101,6 +103,8 @@ def write_numbered(folder: Path, stem: str, writers: Mapping[str, Callable[[Path
     ``writers[ext](path)``, which must replace the claimed empty file atomically (:func:`atomic_write`).
     Returns the number and the paths. If a write fails, the claimed names are released."""
     number = start or _highest_number(folder, stem, [*writers, *count_also]) + 1
+    if not is_main_process():
+        return number, [folder / f"{stem}_{number:05}_.{ext}" for ext in writers]
     while True:
         paths, claimed = [folder / f"{stem}_{number:05}_.{ext}" for ext in writers], []
         for path in paths:
@@ -125,7 +129,7 @@ def write_numbered(folder: Path, stem: str, writers: Mapping[str, Callable[[Path
 def clean_stale_temp(folder: Path, prefixes: Sequence[str]) -> None:
     """Remove the temporary files and folders (names starting with one of ``prefixes``) that a killed
     writer left in ``folder``. Only for folders one writer owns (a training run's checkpoints)."""
-    if not folder.is_dir():
+    if not folder.is_dir() or not is_main_process():
         return
     for entry in folder.iterdir():
         if entry.name.startswith(tuple(prefixes)):
@@ -136,8 +140,11 @@ def clean_stale_temp(folder: Path, prefixes: Sequence[str]) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(temporary_path)``, then move the result to ``path``."""
+    """Call ``write(temporary_path)``, then move the result to ``path`` (in process 0 only of a
+    multi-process run: :func:`runtime.is_main_process`)."""
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

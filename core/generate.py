@@ -67,7 +67,8 @@ def unet_model(lp: LabPipeline, prompts: list[str], negative: str, cfg: float, b
         time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=cond.dtype,
                                           text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
         pooled = [pooled, uncond_pooled] if guided else [pooled]
-        added = {"text_embeds": torch.cat(pooled), "time_ids": time_ids.to(lp.device).repeat(len(pooled) * len(cond), 1)}
+        time_ids = time_ids.to(lp.device).repeat(len(pooled) * len(cond), 1)
+        added = {"text_embeds": torch.cat(pooled), "time_ids": time_ids}
     else:
         cond, uncond = pipe.encode_prompt(prompts, lp.device, batch, guided, negative)
     context = torch.cat([cond, uncond] if guided else [cond])

@@ -64,5 +64,6 @@ def apply_lora(lp, lora: LabLoRA, unet_strength: float, text_strength: float, do
         base = copy.copy(base)  # the modules stay shared; only the scheduler differs
         base.scheduler, schedule_from = scheduler, name
     patch = Patch(lora.tensors, tuple(plan), unet_strength, text_strength, dora_norm)
-    return type(lp)(base, f"{lp.name} + {name}", lp.family, lp.vae_mode, [*lp.loras, (name, unet_strength, text_strength)],
-                    schedule_from, (*lp.patches, patch)), unmatched
+    loras = [*lp.loras, (name, unet_strength, text_strength)]
+    return type(lp)(base, f"{lp.name} + {name}", lp.family, lp.vae_mode, loras, schedule_from,
+                    (*lp.patches, patch)), unmatched

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -139,6 +140,9 @@ def resolve_device(device: str) -> torch.device:
 
     if device not in DEVICES:
         raise ModelError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        # one process per GPU (accelerate launch, torchrun): each takes its own
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -177,16 +181,21 @@ def load_pipeline(name: str, dtype: str = "auto", device: str = "auto", attentio
                          f"(got {dev.type})")
     with torch.inference_mode(False):
         pipe, family = _load(name, resolve_dtype(dtype, dev))
+    place(pipe, dev, attention, offload)
+    return LabPipeline(pipe, name=name, family=family, vae_mode=vae)
+
+
+def place(pipe, device: torch.device, attention: str = "auto", offload: str = "none") -> None:
+    """Put a diffusers pipeline on ``device`` with its attention and offload options."""
     pipe.set_progress_bar_config(disable=True)
     if attention == "sliced":
         pipe.enable_attention_slicing()
     if offload == "model":
-        pipe.enable_model_cpu_offload(device=dev)
+        pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=dev)
+        pipe.enable_sequential_cpu_offload(device=device)
     else:
-        pipe.to(dev)
-    return LabPipeline(pipe, name=name, family=family, vae_mode=vae)
+        pipe.to(device)
 
 
 def _load(name: str, dtype):

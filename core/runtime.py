@@ -21,6 +21,12 @@ def in_comfyui() -> bool:
     return "folder_paths" in sys.modules
 
 
+def is_main_process() -> bool:
+    """False in processes 1..N-1 of a multi-process run (``accelerate launch``, ``torchrun``): they
+    compute what process 0 computes but write no file, so a run leaves one set of outputs."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def configure(output_dir: str | os.PathLike) -> None:
     """Set the headless output folder (previews go to ``<output>/temp``)."""
     _dirs["output"] = Path(output_dir).resolve()

@@ -1,10 +1,12 @@
-"""LoRA training on cached latents and text embeddings, with exact resume.
+"""LoRA training (and full fine-tuning) on cached latents and text embeddings, with exact resume.
 
-The loop: sample timesteps and noise by the noise strategy, predict with the UNet carrying peft
-LoRA adapters, weighted MSE against ε or v, AdamW (or another torch optimizer), a diffusers LR
-schedule, real gradient clipping (a list of parameters, not a spent generator as in diffusers'
-example script), atomic checkpoints holding everything a resume needs (adapter weights, optimizer,
-LR schedule, RNG states, data order, step).
+This module prepares a run: it encodes the data, wraps the pipeline's own modules in peft LoRA
+adapters for the duration, resolves the noise schedule (the pipeline's scheduler config unless the
+Noise Strategy overrides it), builds the optimizer (AdamW or another torch optimizer) and diffusers'
+LR schedule, and packages the result as an ``LL_LORA``. The trainer itself is in named parts in
+core/trainer/: the state exact resume restores, the objectives (denoising, LCM), the conditioner,
+the hooks and the loop on accelerate (real gradient clipping over a list of parameters, not a spent
+generator as in diffusers' example script).
 
 ComfyUI runs nodes inside ``torch.inference_mode()``; training leaves it explicitly and clones
 upstream tensors, which may be inference tensors.
@@ -13,10 +15,6 @@ upstream tensors, which may be inference tensors.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,12 +22,11 @@ from pathlib import Path
 import torch
 
 from .choices import LR_SCHEDULES, OPTIMIZERS
-from .distill import LCMSpec, lcm_per_example_loss
+from .distill import LCMSpec
 from .lora import LoRAConfigSpec, fit_budget, kohya_alpha, resolve_targets
-from .measure import measure
-from .noise import (NoiseStrategy, alphas_cumprod, betas_from_config, offset_noise, perturb_input_noise, snr,
-                    target_for)
-from .runtime import check_interrupted
+from .noise import NoiseStrategy, alphas_cumprod, betas_from_config
+from .trainer.conditioner import _CaptionDropout, encode_text  # noqa: F401 (public here)
+from .trainer.state import ADAPTER, FULL, _Batches, latest_checkpoint, lora_state, rng_devices, trained_state  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -145,21 +142,6 @@ def empty_prompt_embedding(pipe) -> torch.Tensor:
     return pipe.text_encoder(tokens)[0].float().cpu()
 
 
-def _take(latents, index: list[int]) -> torch.Tensor:
-    return latents[index] if isinstance(latents, torch.Tensor) else torch.stack([latents[i] for i in index])
-
-
-def encode_text(text_encoder, tokens: torch.Tensor, text_encoder_2=None, tokens_2: torch.Tensor | None = None):
-    """The UNet's text conditioning, as diffusers' pipelines compute it: SD1, the last hidden state;
-    SDXL, both encoders' penultimate hidden states side by side, plus the second encoder's pooled
-    projection (returned second; None for SD1)."""
-    if text_encoder_2 is None:
-        return text_encoder(tokens)[0], None
-    first = text_encoder(tokens, output_hidden_states=True).hidden_states[-2]
-    second = text_encoder_2(tokens_2, output_hidden_states=True)
-    return torch.cat([first, second.hidden_states[-2]], dim=-1), second[0]
-
-
 def _optimizer(params, spec: TrainSpec):
     if spec.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=spec.lr, betas=(spec.beta1, spec.beta2), weight_decay=spec.weight_decay)
@@ -168,18 +150,6 @@ def _optimizer(params, spec: TrainSpec):
     if spec.optimizer == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.beta1, weight_decay=spec.weight_decay)
     raise ValueError(f"optimizer {spec.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-
-
-def _autocast(mixed_precision: str, device: torch.device):
-    import contextlib
-
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    if mixed_precision == "fp16" and device.type != "cuda":
-        raise ValueError("mixed_precision 'fp16' needs a CUDA GPU (loss scaling); use 'bf16' or 'no' on the CPU")
-    if mixed_precision not in ("bf16", "fp16"):
-        raise ValueError(f"mixed_precision {mixed_precision!r} is not one of no, bf16, fp16")
-    return torch.autocast(device.type, dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
 
 
 @contextmanager
@@ -217,23 +187,6 @@ def _peft_config(lcfg: LoRAConfigSpec, targets: list[str], rank: int, alpha: flo
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=lcfg.dropout,
                       init_lora_weights=True if lcfg.init == "kaiming" else "gaussian",
                       use_dora=lcfg.variant == "dora", use_rslora=lcfg.variant == "rslora")
-
-
-def lora_state(model) -> dict[str, torch.Tensor]:
-    """The adapter tensors in peft's names without the adapter name ("...lora_A.weight")."""
-    return {k.replace(f".{ADAPTER}", ""): v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
-
-
-ADAPTER = "loralab_train"
-# The ``targets`` of a component trained in full (every parameter) rather than through adapters.
-FULL = ["*"]
-
-
-def trained_state(model, targets: list[str]) -> dict[str, torch.Tensor]:
-    """What training changed in ``model``: every weight when trained in full, else the adapters."""
-    if targets == FULL:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return lora_state(model)
 
 
 @contextmanager
@@ -294,49 +247,6 @@ def _unwrap(model, peft_config: dict | None = None) -> None:
         model.peft_config = peft_config
 
 
-class _Batches:
-    """Shuffled example indices, epoch after epoch, from a seeded generator (resumable). With
-    buckets (one key per example) every batch comes from one bucket: each epoch's shuffled order is
-    split per bucket into batches (the last of a bucket may be smaller) and the batches shuffled."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, buckets: list | None = None):
-        self.n, self.batch_size, self.buckets = n, batch_size, buckets
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order: list[int] = []
-        self.sizes: list[int] = []  # bucketed: the sizes of the batches left in ``order``
-
-    def next(self) -> list[int]:
-        if self.buckets is not None:
-            if not self.order:
-                self._bucketed_epoch()
-            size = self.sizes.pop(0)
-            batch, self.order = self.order[:size], self.order[size:]
-            return batch
-        batch = []
-        while len(batch) < self.batch_size:
-            if not self.order:
-                self.order = torch.randperm(self.n, generator=self.generator).tolist()
-            batch.append(self.order.pop(0))
-        return batch
-
-    def _bucketed_epoch(self) -> None:
-        groups: dict = {}
-        for i in torch.randperm(self.n, generator=self.generator).tolist():
-            groups.setdefault(self.buckets[i], []).append(i)
-        chunks = [g[k:k + self.batch_size] for g in groups.values() for k in range(0, len(g), self.batch_size)]
-        chunks = [chunks[k] for k in torch.randperm(len(chunks), generator=self.generator).tolist()]
-        self.order, self.sizes = [i for c in chunks for i in c], [len(c) for c in chunks]
-
-    def state(self) -> dict:
-        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long),
-                "sizes": torch.tensor(self.sizes, dtype=torch.long)}
-
-    def load(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
-        self.order = state["order"].tolist()
-        self.sizes = state["sizes"].tolist() if "sizes" in state else []
-
-
 def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec) -> str:
     """What a checkpoint must match to be resumed: the data and every setting but checkpoint_every."""
     import hashlib
@@ -355,73 +265,6 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
     return h.hexdigest()
 
 
-def _save_checkpoint(folder: Path, step: int, models: dict, optimizer, schedule, batches, noise_gen, losses, lrs,
-                     signature: str, validations: list, device: torch.device) -> None:
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".checkpoint."))
-    try:
-        weights = {f"{name}.{k}": v.contiguous() for name, (model, targets) in models.items()
-                   for k, v in trained_state(model, targets).items()}
-        save_file(weights, tmp / "adapter.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "batches": batches.state(), "noise_generator": noise_gen.get_state(), "rng": _rng_state(device),
-                    "step": step, "losses": torch.tensor(losses, dtype=torch.float64),
-                    "lrs": torch.tensor(lrs, dtype=torch.float64), "signature": signature,
-                    # the images so far, so that a resumed run returns all of them
-                    "validation": {"steps": torch.tensor([s for s, _ in validations], dtype=torch.long),
-                                   "images": [image.detach().cpu() for _, image in validations]}},
-                   tmp / "state.pt")
-        target = folder / f"checkpoint-{step:07d}"
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        _write_latest(folder, target.name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _derived_seed(seed: int, k: int) -> int:
-    """The k-th stream's seed: seed + k, wrapped into torch's 64-bit range (the node allows up to 2⁶⁴ − 1)."""
-    return (seed + k) % 2**64
-
-
-def _rng_devices(device: torch.device) -> list:
-    return [device] if device.type == "cuda" else []
-
-
-def _rng_state(device: torch.device) -> dict:
-    """torch's global generators, which peft's LoRA dropout draws from (CPU, and the GPU's when
-    training there), so that a resume continues the same dropout masks."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _write_latest(folder: Path, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".latest.")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"checkpoint": name}))
-    os.replace(tmp, folder / "latest.json")
-
-
-def latest_checkpoint(folder: Path | None) -> Path | None:
-    if folder is None or not (folder / "latest.json").is_file():
-        return None
-    name = json.loads((folder / "latest.json").read_text())["checkpoint"]
-    path = folder / name
-    return path if (path / "state.pt").is_file() and (path / "adapter.safetensors").is_file() else None
-
-
 def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec,
                checkpoint_dir: Path | None = None, progress=None, validation=None) -> TrainResult:
     """Train a LoRA on ``data``; resumes from ``checkpoint_dir`` when it holds a checkpoint.
@@ -434,7 +277,7 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
             raise ValueError("LCM distillation needs the empty prompt's embedding (TrainingData.uncond)")
     # The global generators are seeded for LoRA init and dropout inside a fork: the caller's are left as they were.
     device = pipe.unet.device
-    with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode(False), torch.enable_grad(), \
+    with torch.random.fork_rng(devices=rng_devices(device)), torch.inference_mode(False), torch.enable_grad(), \
             _adapters(pipe, lcfg, spec.seed) as models, fp32_math(spec.fp32_math, device):
         checkpointing = pipe.unet.is_gradient_checkpointing
         try:
@@ -468,7 +311,7 @@ def train_full(pipe, data: TrainingData, noise: NoiseStrategy, spec: TrainSpec, 
                              "bf16 gives the speed)")
     if spec.distill is not None:
         raise ValueError("LCM distillation trains a LoRA; use Train LoRA for it")
-    with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode(False), torch.enable_grad(), \
+    with torch.random.fork_rng(devices=rng_devices(device)), torch.inference_mode(False), torch.enable_grad(), \
             fp32_math(spec.fp32_math, device):
         models, checkpointing = {}, pipe.unet.is_gradient_checkpointing
         for name in names:
@@ -526,182 +369,33 @@ def steps_for(spec: TrainSpec, n_examples: int) -> TrainSpec:
     return dataclasses.replace(spec, steps=max(1, math.ceil(spec.epochs * n_examples / per_step)))
 
 
-def _denoising_loss(unet, x0, cond, added, noise, prediction, alpha_bar, snr_t, noise_gen,
-                    autocast) -> torch.Tensor:
-    """The diffusion loss per example: noise x₀ at sampled t, predict, weight (Noise Strategy)."""
-    device = x0.device
-    t = noise.sample(len(x0), snr_t, noise_gen)
-    eps = offset_noise(x0.shape, noise_gen, noise.noise_offset).to(device)
-    eps_in = perturb_input_noise(eps, noise_gen, noise.input_perturbation)
-    a = alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
-    noisy = a.sqrt() * x0 + (1 - a).sqrt() * eps_in
-    dtype = unet.dtype  # a half-precision base model takes half-precision inputs
-    if added:
-        added = {k: v.to(dtype) for k, v in added.items()}
-    with autocast:
-        pred = unet(noisy.to(dtype), t.to(device), encoder_hidden_states=cond.to(dtype),
-                    added_cond_kwargs=added).sample
-    target = target_for(prediction, x0, eps, alpha_bar[t].to(device, torch.float32))
-    per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
-    return per_sample * noise.weights(snr_t[t], prediction).to(device, torch.float32)
-
-
 def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, validation=None) -> TrainResult:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    """Assemble the trainer's parts (core/trainer/) and run them."""
+    from .trainer.hooks import Hooks
+    from .trainer.loop import run
+    from .trainer.objectives import DenoisingObjective, LCMObjective
 
-    device = pipe.unet.device
-    unet = models["unet"][0]
     if spec.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    autocast = _autocast(spec.mixed_precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=spec.mixed_precision == "fp16")
-    text_encoder = models.get("text_encoder", (None,))[0]
-    text_encoder_2 = models.get("text_encoder_2", (None,))[0]
+        pipe.unet.enable_gradient_checkpointing()
+    schedule = noise.schedule(pipe.scheduler.config)  # the model's, where the strategy does not override it
+    alpha_bar, prediction = alphas_cumprod(betas_from_config(schedule)), schedule["prediction_type"]
+    if spec.distill is not None:
+        uncond = data.uncond.to(pipe.unet.device) if data.uncond is not None else None
+        objective = LCMObjective(spec.distill, prediction, alpha_bar, uncond)
+    else:
+        objective = DenoisingObjective(noise, prediction, alpha_bar)
     params = [p for model, targets in models.values() for n, p in model.named_parameters()
               if targets == FULL or (targets and "lora_" in n)]
     optimizer = _optimizer(params, spec)
-    schedule = _lr_schedule(optimizer, spec)
-    buckets = None if isinstance(data.latents, torch.Tensor) else [tuple(x.shape) for x in data.latents]
-    batches = _Batches(len(data.latents), spec.batch_size, spec.seed, buckets)
-    noise_gen = torch.Generator().manual_seed(_derived_seed(spec.seed, 1))
-    noise_schedule = noise.schedule(pipe.scheduler.config)  # the model's, where the strategy does not override it
-    alpha_bar, prediction = alphas_cumprod(betas_from_config(noise_schedule)), noise_schedule["prediction_type"]
-    snr_t = snr(alpha_bar)
-    latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
-    embeddings = data.embeddings.clone().to(device)
-    uncond = data.uncond.to(device) if data.uncond is not None else None
-    tokens = data.tokens.clone().to(device) if text_encoder is not None else None
-    tokens_2 = data.tokens_2.clone().to(device) if text_encoder_2 is not None else None
-    dropout = _CaptionDropout(pipe, spec.caption_dropout, uncond, device)
-    step, losses, lrs, validations = 0, [], [], []
-    torch.manual_seed(_derived_seed(spec.seed, 2))  # LoRA dropout's masks: peft's nn.Dropout draws from it
-    signature = run_signature(data, noise, lcfg, spec)
-    resume = latest_checkpoint(checkpoint_dir)
-    if resume is not None:
-        state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
-        if state.get("signature") != signature:
-            raise ValueError(f"checkpoint folder {str(checkpoint_dir)!r} holds a run with other data or settings; "
-                             "use another run name to start afresh, or delete that folder")
-        weights = load_file(resume / "adapter.safetensors")
-        for name, (model, targets) in models.items():
-            if targets == FULL:
-                model.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items() if k.startswith(name + ".")})
-            elif targets:
-                set_peft_model_state_dict(model, {k[len(name) + 1:]: v for k, v in weights.items()
-                                                  if k.startswith(name + ".")}, adapter_name=ADAPTER)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        batches.load(state["batches"])
-        noise_gen.set_state(state["noise_generator"])
-        if "rng" in state:
-            _set_rng_state(state["rng"], device)
-        step, losses, lrs = state["step"], state["losses"].tolist(), state["lrs"].tolist()
-        saved = state.get("validation", {"steps": torch.zeros(0), "images": []})
-        validations = list(zip(saved["steps"].tolist(), saved["images"], strict=True))
-    start = time.perf_counter()
-    with measure(device) as cost:
-        while step < spec.steps:
-            check_interrupted()
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(spec.grad_accum):
-                index = batches.next()
-                x0 = _take(latents, index)
-                added = {k: v[index].to(device) for k, v in data.added_cond.items()} or None
-                drop = dropout.draw(len(index), noise_gen)
-                if text_encoder is not None:
-                    cond, pooled = encode_text(text_encoder, dropout.tokens(tokens[index], drop), text_encoder_2,
-                                               tokens_2[index] if tokens_2 is not None else None)
-                    if pooled is not None:
-                        added["text_embeds"] = pooled
-                else:
-                    cond = embeddings[index]
-                cond = dropout.apply(cond, added, drop, encoded=text_encoder is not None)
-                if spec.distill is not None:
-                    per_sample = lcm_per_example_loss(unet, x0, cond, uncond, alpha_bar, spec.distill,
-                                                      prediction, noise_gen, autocast, added)
-                else:
-                    per_sample = _denoising_loss(unet, x0, cond, added, noise, prediction, alpha_bar, snr_t,
-                                                 noise_gen, autocast)
-                if data.weights is not None:
-                    per_sample = per_sample * data.weights[index].to(device)
-                loss = per_sample.mean() / spec.grad_accum
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at step {step + 1}; stopping. The last good checkpoint "
-                        f"(if any) is in {checkpoint_dir}. Try a lower learning rate or fp32.")
-                scaler.scale(loss).backward()
-                total += loss.item()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            if spec.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            lrs.append(schedule.get_last_lr()[0])
-            schedule.step()
-            losses.append(total)
-            step += 1
-            if validation is not None and spec.validation_every and step % spec.validation_every == 0:
-                unet.eval()  # the adapters are live in the pipeline's own UNet: sample with them
-                with torch.random.fork_rng(devices=_rng_devices(device)):  # dropout's stream goes on untouched
-                    validations.append((step, validation(step)))
-                unet.train()
-            if checkpoint_dir is not None and (step == spec.steps or
-                                               (spec.checkpoint_every and step % spec.checkpoint_every == 0)):
-                _save_checkpoint(checkpoint_dir, step, models, optimizer, schedule, batches, noise_gen, losses, lrs,
-                                 signature, validations, device)
-            if progress is not None:
-                progress(step, total)
-    states = {name: trained_state(model, model_targets) for name, (model, model_targets) in models.items()
-              if model_targets}
+    hooks = Hooks(progress, validation, spec.validation_every, checkpoint_dir, spec.checkpoint_every)
+    state, (seconds, peak_memory_mb) = run(pipe, models, data, objective, spec, run_signature(data, noise, lcfg, spec),
+                                           hooks, optimizer, _lr_schedule(optimizer, spec))
+    states = {name: trained_state(model, targets) for name, (model, targets) in models.items() if targets}
     targets = [t for _, model_targets in models.values() for t in model_targets]
-    return TrainResult(states, targets, lcfg, losses, lrs, time.perf_counter() - start, cost.peak_memory_mb,
-                       sum(p.numel() for p in params), step,
-                       {"noise": asdict(noise), "train": asdict(spec), "schedule": noise_schedule,
-                        "lora": asdict(lcfg) if lcfg is not None else None}, validations)
-
-
-class _CaptionDropout:
-    """Which examples of a batch train unconditionally, and their inputs. SD1 guides with the empty
-    prompt's encoding (its tokens when the text encoder trains, else its cached embedding); SDXL's
-    pipelines guide with zeros for both the hidden states and the pooled embedding. The draws come
-    from the noise generator, and none are made at rate 0 (runs without dropout are unchanged)."""
-
-    def __init__(self, pipe, rate: float, uncond: torch.Tensor | None, device: torch.device):
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"caption_dropout {rate} must be in [0, 1)")
-        self.rate, self.uncond = rate, uncond
-        self.sdxl = getattr(pipe, "text_encoder_2", None) is not None
-        self.empty = None
-        if rate and not self.sdxl:
-            self.empty = pipe.tokenizer([""], padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                                        truncation=True, return_tensors="pt").input_ids.to(device)
-
-    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
-        return torch.rand(n, generator=generator) < self.rate if self.rate else None
-
-    def tokens(self, tokens: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
-        if drop is None or self.sdxl:
-            return tokens
-        return torch.where(drop.to(tokens.device)[:, None], self.empty, tokens)
-
-    def apply(self, cond: torch.Tensor, added: dict | None, drop: torch.Tensor | None,
-              encoded: bool) -> torch.Tensor:
-        """Cached SD1 embeddings get the empty prompt's (``encoded``: SD1 hidden states already come
-        from the empty tokens); SDXL inputs are zeroed (in ``added`` too)."""
-        if drop is None:
-            return cond
-        keep = (~drop).to(cond.device, cond.dtype)
-        if self.sdxl:
-            added["text_embeds"] = added["text_embeds"] * keep[:, None]
-            return cond * keep[:, None, None]
-        if encoded:
-            return cond
-        if self.uncond is None:
-            raise ValueError("caption dropout with cached SD1 embeddings needs the empty prompt's embedding "
-                             "(TrainingData.uncond)")
-        return cond * keep[:, None, None] + self.uncond.to(cond.dtype) * (1 - keep)[:, None, None]
+    return TrainResult(states, targets, lcfg, state.losses, state.lrs, seconds, peak_memory_mb,
+                       sum(p.numel() for p in params), state.step,
+                       {"noise": asdict(noise), "train": asdict(spec), "schedule": schedule,
+                        "lora": asdict(lcfg) if lcfg is not None else None}, state.validations)
 
 
 def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: NoiseStrategy, lcfg: LoRAConfigSpec,

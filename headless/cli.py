@@ -186,6 +186,10 @@ def cmd_run(args) -> int:
     summary = {"workflow": str(args.workflow), "output": str(output_dir), "images": images,
                "nodes": [{"id": n.node_id, "class_type": n.class_type, "seconds": round(n.seconds, 4)}
                          for n in result.nodes]}
+    from ..core.runtime import is_main_process
+
+    if not is_main_process():  # processes 1..N-1 of a multi-process run wrote nothing to report
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -120,9 +120,13 @@ class DiskCache:
             text = json.dumps({"outputs": encoded, "ui": ui})
         except (TypeError, ValueError):
             return False  # an output without a safe codec: keep it in memory only
+        from ..core.runtime import is_main_process
+
         folder = self._dir(key)
         if folder.exists():
             return True
+        if not is_main_process():  # one writer per multi-process run; the others keep it in memory
+            return False
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key[:8]}."))
         try:

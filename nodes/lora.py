@@ -334,12 +334,15 @@ class LoRALabSaveLoRA:
         elif layout != "kohya":
             raise ValueError(f"LoRA Lab: Save LoRA: input 'layout' = {layout!r} is not one of kohya, diffusers")
         _, (path,) = write_numbered(folder, stem, {"safetensors": lambda p: save_lora_file(tensors, metadata, p)})
-        lora.file_size_bytes = path.stat().st_size
+        from ..core.runtime import is_main_process
         from ..core.scores import ScoreTable
+
+        # the input LoRA is left as it is (other nodes share it); processes 1..N-1 write nothing
+        size = path.stat().st_size if is_main_process() else None
 
         row = {"model": f"{lora.base_model} + {lora.name}", "lora": lora.name, "rank": lora.rank, "alpha": lora.alpha,
                "trainable_parameters": lora.trainable_parameters, "train_seconds": lora.seconds,
-               "train_peak_memory_mb": lora.peak_memory_mb, "file_size_bytes": lora.file_size_bytes,
+               "train_peak_memory_mb": lora.peak_memory_mb, "file_size_bytes": size,
                "layout": layout, "file": path.name, **({"warning": warning} if warning else {})}
         return {"ui": {"text": [str(path)]}, "result": (ScoreTable(("model", "lora"), [row]),)}
 
@@ -380,7 +383,7 @@ class LoRALabLoadLoRA:
             or meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
         lora = LabLoRA(tensors, rank, alpha, family, lora_name, meta, file_size_bytes=files[lora_name].stat().st_size)
         try:
-            lora.schedule  # a damaged or hostile schedule is refused here, not when sampling
+            _ = lora.schedule  # a damaged or hostile schedule is refused here, not when sampling
         except ValueError as e:
             raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r}: {e}") from None
         return (lora,)
@@ -409,7 +412,6 @@ class LoRALabBlendLoRAs:
     def blend(self, lora_a, lora_b, weight_a, rank):
         from ..core.lab_lora import LabLoRA
         from ..core.lora_files import blend
-
         from ..core.pipeline import describe_schedule
 
         if lora_a.family != lora_b.family:

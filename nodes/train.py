@@ -56,8 +56,9 @@ class LoRALabNoiseStrategy:
             "zero_terminal_snr": ("BOOLEAN", {"default": False, "tooltip":
                                   "Rescale betas so the last step is pure noise (Lin et al. 2023); "
                                   "best with v prediction; off keeps the model's setting. Generate then "
-                                  "samples from the top timestep with rescaled CFG. SNR is 0 at the last step: min_snr weighs it 1 "
-                                  "(epsilon) or 0 (v); debiased with epsilon is refused (1/sqrt(0))."}),
+                                  "samples from the top timestep with rescaled CFG. SNR is 0 at the last "
+                                  "step: min_snr weighs it 1 (epsilon) or 0 (v); debiased with epsilon is "
+                                  "refused (1/sqrt(0))."}),
         }}
 
     @classmethod

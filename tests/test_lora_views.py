@@ -95,8 +95,10 @@ def test_save_lora_leaves_its_input_as_it_was(tiny, loras, output_dir):
 
     lora = loras[1]
     before = (dict(lora.tensors), {k: v.clone() for k, v in lora.tensors.items()}, dict(lora.metadata))
+    fields = {k: v for k, v in vars(lora).items() if k not in ("tensors", "metadata")}
     LoRALabSaveLoRA().save(lora, "loralab/views", "kohya")
     assert lora.tensors.keys() == before[0].keys() and lora.metadata == before[2]
+    assert {k: v for k, v in vars(lora).items() if k not in ("tensors", "metadata")} == fields
     assert all(lora.tensors[k] is before[0][k] and torch.equal(lora.tensors[k], before[1][k]) for k in lora.tensors)
 
 

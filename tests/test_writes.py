@@ -131,6 +131,7 @@ def test_train_lora_refuses_a_symlinked_checkpoint_folder_before_training(output
 
 def test_a_checkpoint_folder_left_by_a_killed_run_is_cleaned_on_the_next_start(tiny, output_dir, monkeypatch):
     import loralab.core.train as train
+    import loralab.core.trainer.state as checkpoints
     from loralab.core.lora import LoRAConfigSpec
     from loralab.core.noise import NoiseStrategy
 
@@ -141,8 +142,8 @@ def test_a_checkpoint_folder_left_by_a_killed_run_is_cleaned_on_the_next_start(t
         def die(*args):
             raise KeyboardInterrupt
 
-        killed.setattr(train.os, "replace", die)
-        killed.setattr(train.shutil, "rmtree", lambda *args, **kwargs: None)
+        killed.setattr(checkpoints.os, "replace", die)
+        killed.setattr(checkpoints.shutil, "rmtree", lambda *args, **kwargs: None)
         with pytest.raises(KeyboardInterrupt):
             train.train_lora(tiny.pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=2), train.TrainSpec(steps=1), run)
     left = sorted(p.name for p in run.iterdir())

@@ -1,8 +1,8 @@
 """Manual (not run by CI): refresh tests/data/object_info.comfyui.json from a live ComfyUI.
 
 1. ComfyUI v0.8.0 with this pack linked as ``custom_nodes/ComfyUI-LoRA-Lab`` (ComfyUI records the
-   folder name in each node's ``python_module``; the fixture was recorded under this one) and no checkpoints or LoRA files in
-   its ``models/`` folders (the model lists then hold the embedded model only):
+   folder name in each node's ``python_module``; the fixture was recorded under this one) and no
+   checkpoints or LoRA files in its ``models/`` folders (the model lists then hold the embedded model only):
    ``python main.py --cpu --listen 127.0.0.1 --port 8188``.
 2. ``python tests/manual/refresh_object_info.py [--url http://127.0.0.1:8188]``
 
