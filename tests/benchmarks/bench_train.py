@@ -5,7 +5,9 @@ PNGs written once) and the same SD1.5 weights (random, in the real layout: fulls
 its own process, in fp32 and in bf16:
 
 - ours: loralab's ``train_lora`` (latents and text embeddings cached once; LoRA on attention), loading the
-  weights from a diffusers folder with loralab's loader; bf16 = ``mixed_precision="bf16"``;
+  weights from a diffusers folder with loralab's loader; bf16 = the weights loaded in bf16 (Load Pipeline's
+  dtype bf16; the script likewise casts its frozen weights to bf16) and ``mixed_precision="bf16"``, so autocast
+  keeps no bf16 copies of fp32 weights;
 - script: diffusers' ``examples/text_to_image/train_text_to_image_lora.py`` run unchanged on the same folder
   (VAE and text encoder on every step; LoRA on attention); bf16 = ``--mixed_precision bf16``;
 - comfyui: ComfyUI's TrainLoraNode (comfyui_train.py) on the same weights as one single-file checkpoint; the
@@ -112,7 +114,7 @@ def run_ours(workdir: Path, steps: int, checkpointing: bool, precision: str, mat
     from loralab.core.noise import NoiseStrategy
     from loralab.core.train import TrainSpec, encode_dataset, train_lora
 
-    pipe, _ = load_diffusers_folder(workdir / "diffusers", torch.float32)
+    pipe, _ = load_diffusers_folder(workdir / "diffusers", torch.float32 if precision == "fp32" else torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     data = encode_dataset(pipe, *read_images(workdir / "images"))
     result = train_lora(pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=4, alpha=4.0, init="gaussian"),
