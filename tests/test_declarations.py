@@ -76,3 +76,18 @@ def test_requirements_txt_matches_pyproject_dependencies():
     lines = [line for line in (root / "requirements.txt").read_text().splitlines()
              if line and not line.startswith("#")]
     assert lines == deps
+
+
+def test_every_subpackage_is_in_pyproject_packages():
+    """A non-editable install (pip install ., ComfyUI-Manager) ships only the listed packages."""
+    from pathlib import Path
+
+    import loralab
+    from loralab.headless.sweep import tomllib
+
+    root = Path(loralab.__file__).parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"loralab"} | {"loralab." + ".".join(p.parent.relative_to(root).parts)
+                           for p in root.glob("*/**/__init__.py")
+                           if p.parent.relative_to(root).parts[0] in ("nodes", "core", "headless")}
+    assert found <= listed, sorted(found - listed)
