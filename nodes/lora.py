@@ -127,8 +127,11 @@ class LoRALabTrainLoRA:
                                  f"{lora_config.text_encoder_rank} in lora_config")
             train_config = dataclasses.replace(train_config, distill=distill)
         images, lines, weights = _examples("Train LoRA", dataset, images, captions)
-        lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, checkpoints, run_name,
-                                 weights)
+        try:
+            lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, checkpoints, run_name,
+                                     weights)
+        except ValueError as e:  # settings that cannot train, or a checkpoint folder of another run
+            raise ValueError(f"LoRA Lab: Train LoRA: run '{run_name}': {e}") from None
         try:
             applied, _ = apply_lora(pipeline, lora, 1.0, 1.0, name=run_name)
         except ValueError as e:

@@ -161,6 +161,26 @@ def test_a_checkpoint_folder_left_by_a_killed_run_is_cleaned_on_the_next_start(t
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint-0000004"]
 
 
+def test_checkpoints_get_the_permissions_a_plain_write_gives_and_a_refusal_names_the_node(tiny, output_dir):
+    import os
+
+    from loralab.core.files import _UMASK
+    from loralab.core.lora import LoRAConfigSpec
+    from loralab.core.noise import NoiseStrategy
+    from loralab.core.train import TrainSpec
+
+    images = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+    LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LoRAConfigSpec(rank=2), TrainSpec(steps=1), "perm", images=images)
+    folder = output_dir / "loralab_checkpoints" / "perm"
+    (checkpoint,) = folder.glob("checkpoint-*")
+    assert os.stat(checkpoint).st_mode & 0o777 == 0o777 & ~_UMASK  # others on a shared machine can read it
+    for path in (*checkpoint.iterdir(), folder / "latest.json"):
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~_UMASK, path
+    with pytest.raises(ValueError, match="LoRA Lab: Train LoRA: run 'perm': checkpoint folder .* holds a run with"):
+        LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LoRAConfigSpec(rank=2), TrainSpec(steps=1, seed=1), "perm",
+                                 images=images)
+
+
 # --- Validation -----------------------------------------------------------------------------------------
 
 PATH_INPUTS = [("9", "filename_prefix"), ("8", "run_name"), ("14", "filename_prefix")]

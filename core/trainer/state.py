@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import _UMASK, atomic_write_text
+
 # The ``targets`` of a component trained in full (every parameter) rather than through adapters.
 FULL = ["*"]
 ADAPTER = "loralab_train"
@@ -115,6 +117,7 @@ class TrainState:
 
         folder.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".checkpoint."))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # as a plain mkdir would make it (mkdtemp: owner only)
         try:
             weights = {f"{name}.{k}": v.contiguous() for name, (model, targets) in self.models.items()
                        for k, v in trained_state(model, targets).items() if targets}
@@ -128,6 +131,8 @@ class TrainState:
                         "validation": {"steps": torch.tensor([s for s, _ in self.validations], dtype=torch.long),
                                        "images": [image.detach().cpu() for _, image in self.validations]}},
                        tmp / "state.pt")
+            for path in tmp.iterdir():
+                os.chmod(path, 0o666 & ~_UMASK)
             target = folder / f"checkpoint-{self.step:07d}"
             if target.exists():
                 shutil.rmtree(target)
@@ -165,10 +170,7 @@ class TrainState:
 
 
 def _write_latest(folder: Path, name: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".latest.")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps({"checkpoint": name}))
-    os.replace(tmp, folder / "latest.json")
+    atomic_write_text(folder / "latest.json", json.dumps({"checkpoint": name}))
 
 
 def latest_checkpoint(folder: Path | None) -> Path | None:
