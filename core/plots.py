@@ -1,6 +1,8 @@
-"""Figures for papers: training curves of one or more LoRAs (seed 002's smoothed loss curves, seed
-004's loss and learning-rate curves), drawn with matplotlib's object API on an Agg canvas so that
-the global pyplot state of a host process (ComfyUI) is never touched."""
+"""Figures for papers: training curves (seed 002's smoothed loss curves, seed 004's loss and
+learning-rate curves), a scatter with its Pareto front (seed 004's content vs style), bars with
+confidence intervals and radar charts of Summarize's tables, and a metric against an axis (steps,
+CFG, rank). Drawn with matplotlib's object API on an Agg canvas so that the global pyplot state of
+a host process (ComfyUI) is never touched; every figure is exactly ``width`` x ``height`` pixels."""
 
 from __future__ import annotations
 
@@ -25,12 +27,7 @@ def training_curves(runs: list[tuple[str, list[float], list[float]]], smoothing:
     """``runs``: (name, losses, learning rates) per LoRA. Left panel: raw loss (faint) and its EMA
     per run; right panel: the learning rate per step. Returns an RGB image ``[height, width, 3]`` in
     0..1."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    dpi = 100
-    figure = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(figure)
+    figure = _figure(width, height)
     loss_ax, lr_ax = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     for index, (name, losses, lrs) in enumerate(runs):
         colour = f"C{index % 10}"
@@ -45,6 +42,159 @@ def training_curves(runs: list[tuple[str, list[float], list[float]]], smoothing:
     for ax in (loss_ax, lr_ax):
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
-    figure.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba(), dtype=np.float32)[..., :3] / 255.0
+    return _pixels(figure)
+
+
+# --- Shared ----------------------------------------------------------------------------------------
+
+DPI = 100
+
+
+def _figure(width: int, height: int):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not (64 <= width <= 8192 and 64 <= height <= 8192):
+        raise ValueError(f"a figure of {width} x {height} pixels; each side must be 64 to 8192")
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _pixels(figure) -> np.ndarray:
+    """RGB ``[height, width, 3]`` in 0..1; tight_layout never resizes the canvas, only the axes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "tight_layout not applied" on crowded figures: still drawn
+        figure.tight_layout()
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba(), dtype=np.float32)[..., :3] / 255.0
+
+
+def label_of(row: dict, columns) -> str:
+    from .grid import label_text
+
+    return " · ".join(label_text(row.get(c)) for c in columns)
+
+
+def _colours(values) -> dict:
+    from .grid import ordered_values
+
+    return {v: f"C{i % 10}" for i, v in enumerate(ordered_values(values))}
+
+
+# --- Scatter with Pareto front ---------------------------------------------------------------------
+
+def scatter(points: list[dict], x: str, y: str, front: list[bool | None], colour_by: str = "",
+            labels: list[str] | None = None, title: str = "", width: int = 800, height: int = 550) -> np.ndarray:
+    """One marker per point (``points``: rows with ``x`` and ``y``), coloured by the categories of
+    ``colour_by``; the points with ``front[i]`` True ringed, joined in x order and labelled."""
+    figure = _figure(width, height)
+    ax = figure.subplots()
+    colours = _colours([p.get(colour_by) for p in points]) if colour_by else {}
+    for value, colour in colours.items() or [(None, "C0")]:
+        chosen = [p for p in points if not colours or p.get(colour_by) == value]
+        ax.scatter([p[x] for p in chosen], [p[y] for p in chosen], color=colour, s=36, alpha=0.85,
+                   label=None if value is None else label_of({colour_by: value}, [colour_by]), zorder=2)
+    on = sorted((i for i, f in enumerate(front) if f), key=lambda i: (points[i][x], points[i][y]))
+    if on:
+        ax.plot([points[i][x] for i in on], [points[i][y] for i in on], color="black", linewidth=1.2,
+                linestyle="--", zorder=1, label="Pareto front")
+        ax.scatter([points[i][x] for i in on], [points[i][y] for i in on], s=140, facecolors="none",
+                   edgecolors="black", linewidths=1.4, zorder=3)
+        for i in on:
+            if labels:
+                ax.annotate(labels[i], (points[i][x], points[i][y]), textcoords="offset points", xytext=(6, 6),
+                            fontsize=8)
+    ax.set(xlabel=x, ylabel=y, title=title or f"{y} vs {x}")
+    ax.grid(alpha=0.3)
+    if colours or on:
+        ax.legend(fontsize=8, loc="best")
+    return _pixels(figure)
+
+
+# --- Summaries: bars and radar ---------------------------------------------------------------------
+
+def bars(summary: list[dict], group_columns, metrics, title: str = "", width: int = 800,
+         height: int = 450) -> np.ndarray:
+    """One panel per metric: a bar per group at its ``mean``, the error bar from ``ci_low`` to
+    ``ci_high`` (Summarize's rows: group columns, ``metric``, ``mean``, ``ci_low``, ``ci_high``)."""
+    figure = _figure(width, height)
+    axes = np.atleast_1d(figure.subplots(1, len(metrics), squeeze=False)[0])
+    groups = list(dict.fromkeys(tuple(r.get(c) for c in group_columns) for r in summary))
+    names = [label_of(dict(zip(group_columns, g, strict=True)), group_columns) or "all" for g in groups]
+    for ax, metric in zip(axes, metrics, strict=True):
+        rows = {tuple(r.get(c) for c in group_columns): r for r in summary if r["metric"] == metric}
+        means = [rows[g]["mean"] if g in rows else np.nan for g in groups]
+        low = [m - rows[g]["ci_low"] if g in rows and rows[g].get("ci_low") is not None else 0
+               for g, m in zip(groups, means, strict=True)]
+        high = [rows[g]["ci_high"] - m if g in rows and rows[g].get("ci_high") is not None else 0
+                for g, m in zip(groups, means, strict=True)]
+        ax.bar(range(len(groups)), means, yerr=[low, high], capsize=4,
+               color=[f"C{i % 10}" for i in range(len(groups))], alpha=0.85)
+        ax.set_xticks(range(len(groups)), names, rotation=30 if len(groups) > 3 else 0, ha="right"
+                      if len(groups) > 3 else "center", fontsize=8)
+        ax.set_title(metric, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    return _pixels(figure)
+
+
+def radar(summary: list[dict], group_columns, metrics, title: str = "", width: int = 600,
+          height: int = 600) -> np.ndarray:
+    """One polygon per group over the metrics' means, each metric scaled min-max across the groups
+    (0 = the lowest group, 1 = the highest; a metric equal in every group sits at 0.5)."""
+    figure = _figure(width, height)
+    ax = figure.add_subplot(projection="polar")
+    groups = list(dict.fromkeys(tuple(r.get(c) for c in group_columns) for r in summary))
+    means = np.full((len(groups), len(metrics)), np.nan)
+    for r in summary:
+        if r["metric"] in metrics:
+            means[groups.index(tuple(r.get(c) for c in group_columns)), list(metrics).index(r["metric"])] = r["mean"]
+    low, high = np.nanmin(means, 0), np.nanmax(means, 0)
+    span = np.where(high > low, high - low, 1.0)
+    scaled = np.where(high > low, (means - low) / span, 0.5)
+    angles = np.linspace(0, 2 * np.pi, len(metrics), endpoint=False)
+    for i, g in enumerate(groups):
+        values = np.nan_to_num(scaled[i])
+        ax.plot(np.r_[angles, angles[:1]], np.r_[values, values[:1]], color=f"C{i % 10}", linewidth=1.5,
+                label=label_of(dict(zip(group_columns, g, strict=True)), group_columns) or "all")
+        ax.fill(np.r_[angles, angles[:1]], np.r_[values, values[:1]], color=f"C{i % 10}", alpha=0.08)
+    ax.set_xticks(angles, list(metrics), fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([0.25, 0.5, 0.75], ["", "", ""])
+    ax.set_title(title or "metrics scaled min-max across groups", fontsize=10, pad=16)
+    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.25, 1.1))
+    return _pixels(figure)
+
+
+# --- A metric against an axis ----------------------------------------------------------------------
+
+def line(rows: list[dict], axis: str, metric: str, group_columns=(), title: str = "", width: int = 800,
+         height: int = 450) -> np.ndarray:
+    """Per group, the mean of ``metric`` at each value of ``axis`` (sorted), with a band of ± one
+    sample standard deviation where a point has several rows."""
+    figure = _figure(width, height)
+    ax = figure.subplots()
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        value, x = r.get(metric), r.get(axis)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and x is not None:
+            groups.setdefault(tuple(r.get(c) for c in group_columns), {}).setdefault(x, []).append(float(value))
+    for i, (g, by_x) in enumerate(groups.items()):
+        xs = sorted(by_x)
+        mean = np.array([np.mean(by_x[v]) for v in xs])
+        std = np.array([np.std(by_x[v], ddof=1) if len(by_x[v]) > 1 else 0.0 for v in xs])
+        positions = xs if all(isinstance(v, (int, float)) for v in xs) else range(len(xs))
+        name = label_of(dict(zip(group_columns, g, strict=True)), group_columns) or metric
+        ax.plot(positions, mean, marker="o", color=f"C{i % 10}", label=name)
+        ax.fill_between(positions, mean - std, mean + std, color=f"C{i % 10}", alpha=0.15)
+        if positions is not xs:
+            ax.set_xticks(list(positions), [str(v) for v in xs])
+    ax.set(xlabel=axis, ylabel=metric, title=title or f"{metric} vs {axis}")
+    ax.grid(alpha=0.3)
+    if group_columns:
+        ax.legend(fontsize=8)
+    return _pixels(figure)

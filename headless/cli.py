@@ -2,6 +2,7 @@
 
     loralab run WORKFLOW.json [--output DIR] [--set NODE.INPUT=VALUE ...] [--check]
     loralab sweep EXPERIMENT.toml [--output DIR] [--dry-run] [--shard i/n] [--collect]
+    loralab report OUTPUT_DIR         the HTML page of a finished sweep or run (rebuilt from its files)
     loralab convert UI.json [-o API.json]
     loralab nodes [--object-info]
     loralab workflows                 the shipped workflows; run them by name: loralab run quickstart
@@ -61,9 +62,26 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--shard", metavar="i/n", help="run only part i of n (for several machines)")
     sweep.add_argument("--collect", action="store_true",
                        help="only rebuild results.jsonl/csv from the finished runs (after merging runs/ folders)")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                       help="add to the experiment's [set] for every run (e.g. a quick pass with fewer "
+                            "training steps); runs with other values are other runs")
     sweep.add_argument("--max-runs", type=int, default=10_000, metavar="N",
                        help="refuse an experiment of more runs than this (default: 10,000)")
     _common(sweep)
+    report = sub.add_parser("report", help="write OUTPUT_DIR/report.html for a finished (or collected) sweep or run")
+    report.add_argument("output_dir", help="the output folder of loralab sweep (runs/) or loralab run (run.json)")
+    report.add_argument("--experiment", metavar="EXP.toml", help="the sweep's experiment file (default: the one "
+                        "its runs recorded)")
+    report.add_argument("--title", help="the page's heading")
+    report.add_argument("--rows", metavar="AXIS", help="grid rows: an axis of the experiment (default: the first)")
+    report.add_argument("--columns", metavar="AXIS", help="grid columns: an axis (default: the second)")
+    report.add_argument("--images", metavar="PREFIX", help="the Save Image filename_prefix whose images fill the grid")
+    report.add_argument("--scores", metavar="NODE", help="the node (id or title) whose rows are the per-image table")
+    report.add_argument("--compare", metavar="AXIS", help="the axis whose values are t-tested against a baseline")
+    report.add_argument("--baseline", metavar="LABEL", help="the baseline value's label (default: the axis's first)")
+    report.add_argument("--pareto", metavar="X,Y", help="two metric columns for the Pareto front (higher is better)")
+    report.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    report.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
     convert = sub.add_parser("convert", help="convert an editor (UI) workflow to the API format")
     convert.add_argument("workflow")
     convert.add_argument("--output", "-o", help="write here (default: stdout)")
@@ -150,11 +168,34 @@ def execute_workflow(prompt: dict, ui: dict | None, output_dir: Path, executor, 
     # Saved PNGs carry an editor graph too, so they open in ComfyUI like its own images.
     extra = {"extra_pnginfo": {"workflow": ui or api_to_ui(prompt, registry)}}
     result = executor.run(prompt, order, extra)
-    roots = {"output": output_dir, "temp": runtime.temp_directory()}
     # Only what this run wrote: a cached output node's files belong to the run that wrote them.
-    images = [str(roots.get(img.get("type"), output_dir) / img["subfolder"] / img["filename"])
-              for node in result.nodes if not node.cached for entry in node.ui for img in entry.get("images", [])]
+    images = [path for node in result.nodes if not node.cached for path in _node_images(node, output_dir)]
     return result, images
+
+
+def write_run_record(output_dir: Path, prompt: dict, result, summary: dict, registry) -> None:
+    """``run.json``: what ``loralab report`` needs to rebuild this run's page (the workflow, its
+    score rows, its images and which of them are figures)."""
+    from ..core.files import atomic_write_text
+    from .report import FIGURE_NODES
+    from .sweep_cli import _score_keys, _scores
+
+    figures = []
+    for node in result.nodes:
+        if node.class_type in FIGURE_NODES and not node.cached:
+            title = (prompt.get(node.node_id, {}).get("_meta") or {}).get("title") or node.class_type
+            figures += [{"path": path, "title": title} for path in _node_images(node, output_dir)]
+    record = {**summary, "prompt": prompt, "figures": figures, "scores": _scores(result, prompt, registry),
+              "score_keys": _score_keys(result, prompt, registry)}
+    atomic_write_text(output_dir / "run.json", json.dumps(record, indent=1, default=str))
+
+
+def _node_images(node, output_dir: Path) -> list[str]:
+    from ..core import runtime
+
+    roots = {"output": output_dir, "temp": runtime.temp_directory()}
+    return [str(roots.get(img.get("type"), output_dir) / img["subfolder"] / img["filename"])
+            for entry in node.ui for img in entry.get("images", [])]
 
 
 def output_folder(path: str | Path) -> Path:
@@ -190,6 +231,7 @@ def cmd_run(args) -> int:
 
     if not is_main_process():  # processes 1..N-1 of a multi-process run wrote nothing to report
         return 0
+    write_run_record(output_dir, prompt, result, summary, registry)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -241,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             from .sweep_cli import cmd_sweep
 
             return cmd_sweep(args)
+        if args.command == "report":
+            from .report import cmd_report
+
+            return cmd_report(args)
         return commands[args.command](args)
     except WorkflowError as e:
         print(json.dumps(e.to_json(), indent=2) if args.json else printable(f"error: {e}"), file=sys.stderr)

@@ -48,6 +48,7 @@ class Experiment:
     fixed: dict[str, object] = field(default_factory=dict)
     mode: str = "grid"
     repeats: int = 1
+    report: dict = field(default_factory=dict)  # the [report] table (headless/report.py)
 
 
 @dataclass(frozen=True)
@@ -95,10 +96,10 @@ def _check_overrides(where: str, table) -> None:
 def load_experiment(path: str | Path) -> Experiment:
     path = Path(path)
     data = _read_toml(path)
-    unknown = set(data) - {"workflow", "mode", "repeats", "axes", "set"}
+    unknown = set(data) - {"workflow", "mode", "repeats", "axes", "set", "report"}
     if unknown:
         raise invalid_prompt(f"Experiment file {str(path)!r} has unknown keys: {', '.join(sorted(unknown))}",
-                             "valid: workflow, mode, repeats, [axes], [set]")
+                             "valid: workflow, mode, repeats, [axes], [set], [report]")
     if not isinstance(data.get("workflow"), str):
         raise invalid_prompt(f"Experiment file {str(path)!r} needs workflow = \"<file.json>\"")
     _check_overrides("[set]", data.get("set", {}))
@@ -120,7 +121,34 @@ def load_experiment(path: str | Path) -> Experiment:
     repeats = data.get("repeats", 1)
     if not isinstance(repeats, int) or isinstance(repeats, bool) or not 1 <= repeats <= 1000:
         raise invalid_prompt(f"repeats = {repeats!r}: must be a whole number from 1 to 1000")
-    return Experiment(path, (path.parent / data["workflow"]), axes, data.get("set", {}), mode, repeats)
+    return Experiment(path, (path.parent / data["workflow"]), axes, data.get("set", {}), mode, repeats,
+                      check_report_table(data.get("report", {})))
+
+
+# What `loralab report` reads from [report]; see headless/report.py.
+REPORT_KEYS = {"title": str, "scores": str, "metrics": list, "rows": str, "columns": str, "images": str,
+               "image": int, "pareto": list, "pareto_better": list, "compare": str, "baseline": str}
+
+
+def check_report_table(table) -> dict:
+    """The experiment file's ``[report]`` table, checked key by key."""
+    if not isinstance(table, dict):
+        raise invalid_prompt("[report] must be a table of settings", f"valid keys: {', '.join(REPORT_KEYS)}")
+    for key, value in table.items():
+        kind = REPORT_KEYS.get(key)
+        if kind is None:
+            raise invalid_prompt(f"[report] has an unknown key {key!r}", f"valid keys: {', '.join(REPORT_KEYS)}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise invalid_prompt(f"[report] {key} = {value!r} must be a {kind.__name__}")
+    for key in ("pareto", "pareto_better"):
+        if key in table and (len(table[key]) != 2 or not all(isinstance(x, str) for x in table[key])):
+            raise invalid_prompt("[report] pareto must name two columns (x, y)" if key == "pareto" else
+                                 "[report] pareto_better must be two of 'higher' / 'lower' (x, y)")
+    if "pareto_better" in table and not set(table["pareto_better"]) <= {"higher", "lower"}:
+        raise invalid_prompt("[report] pareto_better must be two of 'higher' / 'lower' (x, y)")
+    if table.get("metrics") and not all(isinstance(x, str) for x in table["metrics"]):
+        raise invalid_prompt("[report] metrics must be a list of column names")
+    return table
 
 
 def run_count(exp: Experiment) -> int:

@@ -12,18 +12,27 @@ from .results import fresh_run_dir, read_records, write_record, write_tables
 from .sweep import Run, check_run_count, expand, load_experiment, shard, workflow_hash
 
 
-def _scores(result, prompt: dict, registry: dict) -> list[dict]:
-    """Every LL_SCORES table the run produced, row by row, tagged with its node and whether the
-    node's outputs came from the cache (computed by an earlier run) rather than this run."""
-    cached = {n.node_id for n in result.nodes if n.cached}
-    rows = []
+def _tables(result, prompt: dict, registry: dict):
+    """Every LL_SCORES table the run produced, with its node id."""
     for node_id, slots in result.outputs.items():
         returns = registry[prompt[node_id]["class_type"]].RETURN_TYPES
         for slot, kind in enumerate(returns):
             if kind == "LL_SCORES":
                 for table in slots[slot]:
-                    rows += [{"node": node_id, "cached": node_id in cached, **row} for row in table.rows]
-    return rows
+                    yield node_id, table
+
+
+def _scores(result, prompt: dict, registry: dict) -> list[dict]:
+    """Every LL_SCORES table the run produced, row by row, tagged with its node and whether the
+    node's outputs came from the cache (computed by an earlier run) rather than this run."""
+    cached = {n.node_id for n in result.nodes if n.cached}
+    return [{"node": node_id, "cached": node_id in cached, **row}
+            for node_id, table in _tables(result, prompt, registry) for row in table.rows]
+
+
+def _score_keys(result, prompt: dict, registry: dict) -> dict[str, list[str]]:
+    """Each score node's key columns (what identifies a row), for loralab report."""
+    return {node_id: list(table.keys) for node_id, table in _tables(result, prompt, registry)}
 
 
 def _axis_depths(exp, base: dict) -> dict[str, int]:
@@ -66,6 +75,11 @@ def cmd_sweep(args) -> int:
     from .shipped import resolve
 
     exp = load_experiment(resolve(args.experiment, "sweep"))
+    for text in getattr(args, "overrides", []):
+        from .graph import parse_override
+
+        node, name, value = parse_override(text)
+        exp.fixed[f"{node}.{name}"] = value
     output_dir = output_folder(args.output or Path("output") / exp.path.stem)
     check_run_count(exp, args.max_runs)  # before anything is expanded
     base, _ = load_any(str(exp.workflow))
@@ -103,6 +117,7 @@ def cmd_sweep(args) -> int:
             else:
                 record.update(status="done", seconds=time.perf_counter() - start, images=images,
                               executed=result.executed, scores=_scores(result, prompt, registry),
+                              score_keys=_score_keys(result, prompt, registry),
                               nodes=[{"id": n.node_id, "class_type": n.class_type, "seconds": n.seconds,
                                       "cached": n.cached} for n in result.nodes])
                 if not args.quiet:
