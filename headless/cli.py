@@ -65,6 +65,24 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                        help="add to the experiment's [set] for every run (e.g. a quick pass with fewer "
                             "training steps); runs with other values are other runs")
+    sweep.add_argument("--block", action="store_true",
+                       help="with --shard: a contiguous block of the runs instead of every n-th (runs sharing "
+                            "upstream nodes, e.g. one LoRA's samplers, stay in one process)")
+    engines = sweep.add_argument_group("engines (see README: Many machines)")
+    engines.add_argument("--slurm", action="store_true",
+                         help="write <output>/slurm/sweep.sbatch, a job array whose task i runs block i of n, and "
+                              "submit it with sbatch (--dry-run: only write it)")
+    engines.add_argument("--array-tasks", type=int, default=0, metavar="N",
+                         help="Slurm: array size (default: one task per value of the most upstream axis)")
+    engines.add_argument("--array-parallelism", type=int, default=0, metavar="N",
+                         help="Slurm: at most N array tasks at once (--array=1-n%%N)")
+    engines.add_argument("--sbatch", default="", metavar="OPTIONS",
+                         help='Slurm: extra #SBATCH options, e.g. "--partition=gpu --gres=gpu:1 --time=4:00:00"')
+    engines.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                         help="run each run as a Ray task (a local cluster, or ADDRESS, e.g. 'auto'); "
+                              "pip install 'loralab[ray]'")
+    engines.add_argument("--ray-cpus-per-run", type=float, default=1.0, metavar="N", help="Ray: CPUs per run")
+    engines.add_argument("--ray-gpus-per-run", type=float, default=0.0, metavar="N", help="Ray: GPUs per run")
     sweep.add_argument("--max-runs", type=int, default=10_000, metavar="N",
                        help="refuse an experiment of more runs than this (default: 10,000)")
     _common(sweep)
@@ -140,13 +158,25 @@ def load_any(path: str) -> tuple[dict, dict | None]:
     return data, None
 
 
-def _prepare(args) -> None:
-    if getattr(args, "models_dir", None):  # read when node choices are listed, i.e. during validation
-        os.environ["LORALAB_MODELS_DIR"] = os.pathsep.join(args.models_dir)
-    if getattr(args, "input_dir", None):
-        os.environ["LORALAB_INPUT_DIR"] = os.pathsep.join(args.input_dir)
-    if getattr(args, "quiet", False):
+def host_options(args) -> dict:
+    """What the command line says about the host (folders, progress), as plain values a worker
+    process (Ray) can apply too."""
+    return {"models_dir": [str(Path(p).resolve()) for p in getattr(args, "models_dir", None) or []],
+            "input_dir": [str(Path(p).resolve()) for p in getattr(args, "input_dir", None) or []],
+            "quiet": bool(getattr(args, "quiet", False))}
+
+
+def apply_host_options(options: dict) -> None:
+    if options.get("models_dir"):  # read when node choices are listed, i.e. during validation
+        os.environ["LORALAB_MODELS_DIR"] = os.pathsep.join(options["models_dir"])
+    if options.get("input_dir"):
+        os.environ["LORALAB_INPUT_DIR"] = os.pathsep.join(options["input_dir"])
+    if options.get("quiet"):
         os.environ["LORALAB_NO_PROGRESS"] = "1"
+
+
+def _prepare(args) -> None:
+    apply_host_options(host_options(args))
 
 
 def make_executor(args, registry):

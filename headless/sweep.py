@@ -192,8 +192,10 @@ def expand(exp: Experiment, depth: dict[str, int] | None = None) -> Iterator[Run
             yield Run(run_id(overrides, repeat), overrides, repeat)
 
 
-def shard(runs: Iterable[Run], spec: str | None) -> Iterator[Run]:
-    """``i/n``: the i-th of n interleaved parts (1-based), for separate hosts sharing a sweep."""
+def shard(runs: Iterable[Run], spec: str | None, block_of: int = 0) -> Iterator[Run]:
+    """``i/n``: the i-th of n parts (1-based), for separate hosts sharing a sweep: every n-th run,
+    or with ``block_of`` (the run count) the i-th of n contiguous blocks, so runs that share
+    upstream nodes (one LoRA, many samplers) stay in one process and its cache."""
     if not spec:
         return iter(runs)
     try:
@@ -202,4 +204,6 @@ def shard(runs: Iterable[Run], spec: str | None) -> Iterator[Run]:
         raise invalid_prompt(f"--shard {spec!r} must be i/n, e.g. 1/4") from None
     if not 1 <= i <= n:
         raise invalid_prompt(f"--shard {spec!r}: i must be between 1 and n")
+    if block_of:
+        return itertools.islice(runs, (i - 1) * block_of // n, i * block_of // n)
     return itertools.islice(runs, i - 1, None, n)
