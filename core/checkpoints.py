@@ -8,8 +8,6 @@ accepted only when they load with ``torch.load(weights_only=True)``, which canno
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -34,40 +32,22 @@ class ModelError(ValueError):
 
 
 def model_roots() -> list[Path]:
-    """Headless model roots: ``LORALAB_MODELS_DIR`` (``os.pathsep``-separated; the CLI's
-    ``--models-dir`` sets it), default ``./models``."""
-    value = os.environ.get("LORALAB_MODELS_DIR") or "models"
-    return [Path(p).resolve() for p in value.split(os.pathsep) if p]
+    """The host's model roots (headless: ``--models-dir``, default ``./models``; ComfyUI: its
+    ``models`` folder)."""
+    from .host import current
+
+    return current().model_roots()
 
 
 def _is_within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _headless_checkpoints() -> dict[str, Path]:
-    found = {}
-    for root in model_roots():
-        folder = root / "checkpoints"
-        if folder.is_dir():
-            for path in sorted(folder.rglob("*")):
-                if path.suffix.lower() in CHECKPOINT_SUFFIXES and path.is_file():
-                    found.setdefault(path.relative_to(folder).as_posix(), path)
-    return found
-
-
 def available_loras() -> dict[str, Path]:
     """LoRA files: ComfyUI's ``loras`` folder inside ComfyUI, ``<models-dir>/loras/**`` headless."""
-    if "folder_paths" in sys.modules:
-        fp = sys.modules["folder_paths"]
-        return {n: Path(fp.get_full_path("loras", n)) for n in fp.get_filename_list("loras")
-                if n.lower().endswith(".safetensors")}
-    found = {}
-    for root in model_roots():
-        folder = root / "loras"
-        if folder.is_dir():
-            for path in sorted(folder.rglob("*.safetensors")):
-                found.setdefault(path.relative_to(folder).as_posix(), path)
-    return found
+    from .host import current
+
+    return current().model_files("loras")
 
 
 def _headless_diffusers_folders() -> dict[str, Path]:
@@ -85,12 +65,9 @@ def _headless_diffusers_folders() -> dict[str, Path]:
 def available_models() -> dict[str, Path]:
     """Name -> path of every loadable model: ComfyUI's ``checkpoints`` inside ComfyUI, the model
     roots headless; plus diffusers folders under the model roots."""
-    if "folder_paths" in sys.modules:
-        fp = sys.modules["folder_paths"]
-        found = {name: Path(fp.get_full_path("checkpoints", name)) for name in fp.get_filename_list("checkpoints")
-                 if name.lower().endswith(CHECKPOINT_SUFFIXES)}
-    else:
-        found = _headless_checkpoints()
+    from .host import current
+
+    found = {n: p for n, p in current().model_files("checkpoints").items() if n.lower().endswith(CHECKPOINT_SUFFIXES)}
     return {**found, **_headless_diffusers_folders()}
 
 

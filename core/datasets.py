@@ -15,8 +15,6 @@ The image is resized to cover its bucket and cropped; a training batch never mix
 from __future__ import annotations
 
 import json
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +30,10 @@ class Dataset:
 
 
 def input_roots() -> list[Path]:
-    if "folder_paths" in sys.modules:
-        return [Path(sys.modules["folder_paths"].get_input_directory()).resolve()]
-    value = os.environ.get("LORALAB_INPUT_DIR") or "input"
-    return [Path(p).resolve() for p in value.split(os.pathsep) if p]
+    """The host's input folders (ComfyUI's ``input/``; headless ``--input-dir``, default ./input)."""
+    from .host import current
+
+    return current().input_roots()
 
 
 def resolve_folder(folder: str) -> Path:

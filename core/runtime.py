@@ -1,50 +1,35 @@
-"""Where the pack is running: inside ComfyUI or under the headless runner.
-
-Inside ComfyUI, folders, progress bars and cancellation come from ComfyUI itself
-(``folder_paths``, ``comfy.utils.ProgressBar``, ``comfy.model_management``). ComfyUI imports
-``folder_paths`` before it loads custom nodes, so its presence in ``sys.modules`` tells us where we
-are without importing anything ourselves. Headless, the runner sets the folders with
-:func:`configure` and progress goes to tqdm.
+"""Where the pack is running, through the current host (core/host.py): inside ComfyUI or under the
+headless runner. These functions are what nodes and the core call; each asks :func:`host.current`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-_dirs: dict[str, Path] = {}
-
-
-def in_comfyui() -> bool:
-    return "folder_paths" in sys.modules
+from . import host as _host
+from .host import in_comfyui  # noqa: F401 - re-exported: callers ask runtime where they run
 
 
 def is_main_process() -> bool:
     """False in processes 1..N-1 of a multi-process run (``accelerate launch``, ``torchrun``): they
     compute what process 0 computes but write no file, so a run leaves one set of outputs."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return _host.current().is_main_process()
 
 
 def configure(output_dir: str | os.PathLike) -> None:
     """Set the headless output folder (previews go to ``<output>/temp``)."""
-    _dirs["output"] = Path(output_dir).resolve()
+    _host.configure(output_dir)
 
 
 def output_directory() -> Path:
-    if in_comfyui():
-        return Path(sys.modules["folder_paths"].get_output_directory())
-    return _dirs.get("output") or Path.cwd() / "output"
+    return _host.current().output_dir()
 
 
 def temp_directory() -> Path:
     root, under = write_root("temp")
     return root.joinpath(*under)
-
-
-# Where each kind of file lands below the output folder, headless.
-_HEADLESS_FOLDERS = {"output": (), "temp": ("temp",), "loras": ("loras",), "checkpoints": ("loralab_checkpoints",)}
 
 
 def write_root(kind: str) -> tuple[Path, tuple[str, ...]]:
@@ -53,47 +38,26 @@ def write_root(kind: str) -> tuple[Path, tuple[str, ...]]:
     (core.files.safe_prefix_path). ``kind``: output, temp (previews), loras, checkpoints.
     Inside ComfyUI previews go to its temp folder and LoRAs to its first ``loras`` folder, where its
     LoRA loaders list them; headless everything stays inside the output folder."""
-    if in_comfyui():
-        folder_paths = sys.modules["folder_paths"]
-        if kind == "temp":
-            return Path(folder_paths.get_temp_directory()), ()
-        if kind == "loras":
-            return Path(folder_paths.get_folder_paths("loras")[0]), ()
-        return Path(folder_paths.get_output_directory()), _HEADLESS_FOLDERS[kind]
-    return output_directory(), _HEADLESS_FOLDERS[kind]
+    return _host.current().write_root(kind)
 
 
 def check_interrupted() -> None:
     """Raise ComfyUI's interrupt exception when the user pressed Cancel (no-op headless,
     where Ctrl-C raises KeyboardInterrupt by itself)."""
-    if in_comfyui():
-        import comfy.model_management
-
-        comfy.model_management.throw_exception_if_processing_interrupted()
+    _host.current().check_interrupted()
 
 
 class _Progress:
     def __init__(self, total: int, desc: str):
-        if in_comfyui():
-            import comfy.utils
-
-            self._bar, self._tqdm = comfy.utils.ProgressBar(total), None
-        else:
-            from tqdm.auto import tqdm
-
-            self._bar, self._tqdm = None, tqdm(total=total, desc=desc, leave=False,
-                                               disable=os.environ.get("LORALAB_NO_PROGRESS") == "1")
+        self._host = _host.current()
+        self._bar = self._host.progress(total, desc)
 
     def update(self, n: int = 1) -> None:
-        check_interrupted()
-        if self._bar is not None:
-            self._bar.update(n)
-        else:
-            self._tqdm.update(n)
+        self._host.check_interrupted()
+        self._bar.update(n)
 
     def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
+        self._bar.close()
 
 
 @contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -167,12 +166,15 @@ def host_options(args) -> dict:
 
 
 def apply_host_options(options: dict) -> None:
-    if options.get("models_dir"):  # read when node choices are listed, i.e. during validation
-        os.environ["LORALAB_MODELS_DIR"] = os.pathsep.join(options["models_dir"])
-    if options.get("input_dir"):
-        os.environ["LORALAB_INPUT_DIR"] = os.pathsep.join(options["input_dir"])
-    if options.get("quiet"):
-        os.environ["LORALAB_NO_PROGRESS"] = "1"
+    """Activate the headless host these options describe (unset ones keep the host's defaults,
+    which the environment may give: core/host.py). Model folders are read when node choices are
+    listed, i.e. during validation, so this runs before anything is loaded."""
+    from ..core import host
+
+    changes = {"models": tuple(map(Path, options["models_dir"])) if options.get("models_dir") else None,
+               "inputs": tuple(map(Path, options["input_dir"])) if options.get("input_dir") else None,
+               "show_progress": False if options.get("quiet") else None}
+    host.configure(**{k: v for k, v in changes.items() if v is not None})
 
 
 def _prepare(args) -> None:

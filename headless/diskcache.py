@@ -1,9 +1,10 @@
 """On-disk cache of expensive node results, keyed by the executor's cache key.
 
-Only nodes that opt in (``DISK_CACHE = True``: generated image sets now, trained LoRAs later)
-are stored, and only when every output value has a safe codec: tensors go to safetensors, score
-tables and plain values to JSON. Nothing is ever unpickled. Entries are written to a temporary
-folder and renamed into place, so an interrupted write leaves no partial entry.
+Only nodes the pack marks (headless/hooks.py ``disk_cacheable``: generated image sets now) are
+stored, and only when every output value has a safe codec: tensors go to safetensors, plain values
+and what the pack's ``encode`` hook turns into JSON (score tables) to JSON. Nothing is ever
+unpickled. Entries are written to a temporary folder and renamed into place, so an interrupted
+write leaves no partial entry.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from ..core.scores import ScoreTable
+from .hooks import hooks
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -75,8 +76,8 @@ def _encode(value, tensors: dict):
         name = f"t{len(tensors)}"
         tensors[name] = value.detach().cpu().contiguous()
         return {"tensor": name}
-    if isinstance(value, ScoreTable):
-        return {"scores": {"keys": list(value.keys), "rows": value.rows}}
+    if (packed := hooks().encode(value)) is not None:
+        return {"pack": packed}
     if value is None or isinstance(value, (bool, int, float, str)):
         return {"json": value}
     raise TypeError(type(value).__name__)
@@ -85,8 +86,8 @@ def _encode(value, tensors: dict):
 def _decode(entry: dict, tensors: dict):
     if "tensor" in entry:
         return tensors[entry["tensor"]]
-    if "scores" in entry:
-        return ScoreTable(tuple(entry["scores"]["keys"]), entry["scores"]["rows"])
+    if "pack" in entry:
+        return hooks().decode(entry["pack"])
     return entry["json"]
 
 
@@ -120,12 +121,10 @@ class DiskCache:
             text = json.dumps({"outputs": encoded, "ui": ui})
         except (TypeError, ValueError):
             return False  # an output without a safe codec: keep it in memory only
-        from ..core.runtime import is_main_process
-
         folder = self._dir(key)
         if folder.exists():
             return True
-        if not is_main_process():  # one writer per multi-process run; the others keep it in memory
+        if not hooks().is_main_process():  # one writer per multi-process run; the others keep it in memory
             return False
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{key[:8]}."))

@@ -83,8 +83,8 @@ def submit_slurm(args, exp, base: dict, output_dir: Path, plan) -> int:
     atomic_write_text(script, slurm_script(args, exp, base, output_dir, plan))
     script.chmod(0o755)
     if args.dry_run:
-        print(f"wrote {script} ({slurm_tasks(args, exp, base, plan)} array tasks for {len(plan)} runs); submit it with: "
-              f"sbatch {script}")
+        tasks = slurm_tasks(args, exp, base, plan)
+        print(f"wrote {script} ({tasks} array tasks for {len(plan)} runs); submit it with: sbatch {script}")
         return 0
     sbatch = shutil.which("sbatch")
     if sbatch is None:

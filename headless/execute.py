@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import NodeExecutionError, printable
 from .graph import Registry, constant, declared_names
+from .hooks import hooks
 
 
 @dataclass
@@ -93,13 +94,13 @@ class Executor:
         self.registry = registry
         self.show_progress = show_progress
         self.cache = cache if cache is not None else OutputCache()
-        self.disk_cache = disk_cache  # a DiskCache for nodes that declare DISK_CACHE = True
+        self.disk_cache = disk_cache  # a DiskCache for the nodes the pack marks (hooks.disk_cacheable)
 
     def _lookup(self, key: str | None, cls):
         if not key:
             return None
         hit = self.cache.get(key)
-        if hit is None and self.disk_cache is not None and getattr(cls, "DISK_CACHE", False):
+        if hit is None and self.disk_cache is not None and hooks().disk_cacheable(cls):
             hit = self.disk_cache.get(key)
             if hit is not None:
                 self.cache.put(key, hit)
@@ -108,7 +109,7 @@ class Executor:
     def _store(self, key: str | None, cls, value: tuple) -> None:
         if key:
             self.cache.put(key, value)
-            if self.disk_cache is not None and getattr(cls, "DISK_CACHE", False):
+            if self.disk_cache is not None and hooks().disk_cacheable(cls):
                 self.disk_cache.put(key, *value)
 
     def cache_key(self, prompt: dict, node_id: str, keys: dict[str, str]) -> str | None:

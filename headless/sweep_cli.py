@@ -8,31 +8,32 @@ import time
 from pathlib import Path
 
 from .errors import NodeExecutionError, printable
+from .hooks import hooks
 from .results import fresh_run_dir, read_records, write_record, write_tables
 from .sweep import Run, check_run_count, expand, load_experiment, run_count, shard, workflow_hash
 
 
-def _tables(result, prompt: dict, registry: dict):
-    """Every LL_SCORES table the run produced, with its node id."""
+def _tables(result):
+    """Every table the run produced (as the pack's ``tables`` hook reads them), with its node id."""
+    read = hooks().tables
     for node_id, slots in result.outputs.items():
-        returns = registry[prompt[node_id]["class_type"]].RETURN_TYPES
-        for slot, kind in enumerate(returns):
-            if kind == "LL_SCORES":
-                for table in slots[slot]:
+        for values in slots:
+            for value in values:
+                if (table := read(value)) is not None:
                     yield node_id, table
 
 
 def _scores(result, prompt: dict, registry: dict) -> list[dict]:
-    """Every LL_SCORES table the run produced, row by row, tagged with its node and whether the
+    """Every score table the run produced, row by row, tagged with its node and whether the
     node's outputs came from the cache (computed by an earlier run) rather than this run."""
     cached = {n.node_id for n in result.nodes if n.cached}
-    return [{"node": node_id, "cached": node_id in cached, **row}
-            for node_id, table in _tables(result, prompt, registry) for row in table.rows]
+    return [{"node": node_id, "cached": node_id in cached, **row} for node_id, (_, rows) in _tables(result)
+            for row in rows]
 
 
 def _score_keys(result, prompt: dict, registry: dict) -> dict[str, list[str]]:
     """Each score node's key columns (what identifies a row), for loralab report."""
-    return {node_id: list(table.keys) for node_id, table in _tables(result, prompt, registry)}
+    return {node_id: list(keys) for node_id, (keys, _) in _tables(result)}
 
 
 def _axis_depths(exp, base: dict) -> dict[str, int]:

@@ -15,7 +15,7 @@ class LoRALabImageFolder:
     def INPUT_TYPES(cls):
         return {"required": {
             "folder": ("STRING", {"default": "dataset", "tooltip": "Folder inside ComfyUI's input folder "
-                                  "(headless: --input-dir / LORALAB_INPUT_DIR, default ./input)."}),
+                                  "(headless: --input-dir, default ./input)."}),
             "resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
                                    "tooltip": "Side of the square training images (SD1.5: 512, SDXL: 1024)."}),
             "crop": (["center", "random"], {"default": "center", "tooltip":

@@ -22,6 +22,16 @@ def tiny():
     return load_pipeline("embedded: tiny-sd", dtype="fp32", device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def headless_host():
+    """Each test starts from a default headless host (core/host.py) and leaves none behind."""
+    from loralab.core import host
+
+    host._active = None
+    yield host
+    host._active = None
+
+
 @pytest.fixture
 def output_dir(tmp_path):
     from loralab.core import runtime

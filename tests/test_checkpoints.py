@@ -19,6 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from loralab.core import checkpoints
 from loralab.core.checkpoints import CONFIGS, ModelError, detect_family, load_single_file
+from loralab.core.host import configure as configure_host
 
 TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu", bos_token_id=0,
@@ -114,7 +115,7 @@ def test_checkpoints_are_listed_and_generate_by_name(tiny_checkpoint, monkeypatc
     from loralab.core.samplers import SamplerSpec
 
     family, path, config_dir, _ = tiny_checkpoint
-    monkeypatch.setenv("LORALAB_MODELS_DIR", str(path.parent.parent))
+    configure_host(models=(Path(path.parent.parent),))
     monkeypatch.setitem(checkpoints.CONFIGS, family, config_dir)
     assert path.name in model_choices()
     lp = load_pipeline(path.name, dtype="fp32", device="cpu")
@@ -127,7 +128,7 @@ def test_a_diffusers_folder_is_listed_and_loads(tmp_path, monkeypatch):
     from loralab.core.pipeline import EMBEDDED, load_pipeline, model_choices
 
     shutil.copytree(EMBEDDED["embedded: tiny-sd"], tmp_path / "diffusers" / "my-model")
-    monkeypatch.setenv("LORALAB_MODELS_DIR", str(tmp_path))
+    configure_host(models=(Path(tmp_path),))
     assert "diffusers: diffusers/my-model" in model_choices()
     assert load_pipeline("diffusers: diffusers/my-model", "fp32", "cpu").family == "sd1"
 

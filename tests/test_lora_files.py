@@ -1,12 +1,14 @@
 """Kohya-layout LoRA files: key names, alpha as trained, and loading through diffusers."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors import safe_open
 
+from loralab.core.host import configure as configure_host
 from loralab.core.lab_lora import LabLoRA
 from loralab.core.lora import resolve_targets
 from loralab.core.lora_files import delta_weights, kohya_metadata, kohya_name, save_lora_file, to_kohya
@@ -273,7 +275,7 @@ def test_apply_checks_every_shape_against_the_model_before_multiplying(tiny, tmp
     name, tensors = _crafted(tiny, module, **parts)
     (tmp_path / "loras").mkdir()
     save_file(tensors, tmp_path / "loras" / "crafted.safetensors")
-    monkeypatch.setenv("LORALAB_MODELS_DIR", str(tmp_path))
+    configure_host(models=(Path(tmp_path),))
 
     def no_multiply(*a, **k):
         raise AssertionError("ΔW was computed before the shapes were checked")
@@ -448,7 +450,7 @@ def test_load_lora_reads_offset_only_files_and_refuses_files_without_weights(tin
     save_file({"diffusion_model.out.0.diff": torch.full_like(norm, 0.5)},
               tmp_path / "loras" / "offsets.safetensors")
     save_file({"lora_unet_conv_in.alpha": torch.tensor(1.0)}, tmp_path / "loras" / "empty.safetensors")
-    monkeypatch.setenv("LORALAB_MODELS_DIR", str(tmp_path))
+    configure_host(models=(Path(tmp_path),))
     (offsets,) = LoRALabLoadLoRA().load("offsets.safetensors")
     assert offsets.rank == 0
     (applied,) = LoRALabApplyLoRA().apply(tiny, offsets, 1.0, 1.0)

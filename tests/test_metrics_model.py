@@ -22,6 +22,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenize
 
 import loralab
 from loralab.core.checkpoints import TOKENIZER
+from loralab.core.host import configure as configure_host
 from loralab.core.metrics import clip, fid, weights
 from loralab.core.scores import ScoreTable
 from loralab.nodes.score_model import (
@@ -35,7 +36,7 @@ from loralab.nodes.score_model import (
 @pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     """An empty headless models folder and torch hub cache: only what a test puts there exists."""
-    monkeypatch.setenv("LORALAB_MODELS_DIR", str(tmp_path / "models"))
+    configure_host(models=(Path(tmp_path / "models"),))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path / "models"
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from loralab.core.host import configure as configure_host
 from loralab.core.lora import LoRAConfigSpec
 from loralab.core.noise import NoiseStrategy
 from loralab.core.train import TrainSpec, encode_dataset, train_lora
@@ -164,7 +165,7 @@ def test_saved_lora_loads_back_by_name_and_blends(tiny, data, output_dir, monkey
     other = TrainSpec(**{**spec.__dict__, "seed": 9})
     b, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, other, "b", images=images, captions="y")
     LoRALabSaveLoRA().save(a, "loras/a")
-    monkeypatch.setenv("LORALAB_MODELS_DIR", str(output_dir))
+    configure_host(models=(Path(output_dir),))
     assert "a_00001_.safetensors" in LoRALabLoadLoRA.INPUT_TYPES()["required"]["lora_name"][0]
     (loaded,) = LoRALabLoadLoRA().load("a_00001_.safetensors")
     assert loaded.rank == 4 and loaded.alpha == 4.0 and loaded.family == "sd1"
@@ -198,7 +199,7 @@ def test_image_folder_dataset_reads_captions_and_trains(tiny, output_dir, tmp_pa
     (folder / "img1.txt").write_text("from a txt file")
     (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "img0.png", "text": "from metadata"}) + "\n")
     (folder / "broken.jpg").write_bytes(b"not an image")
-    monkeypatch.setenv("LORALAB_INPUT_DIR", str(tmp_path / "input"))
+    configure_host(inputs=(Path(tmp_path / "input"),))
     node = LoRALabImageFolder()
     with pytest.raises(ValueError, match="broken.jpg' could not be read"):
         node.load("set", 32, "center", False, "default one")
@@ -249,7 +250,7 @@ def test_aspect_ratio_buckets_follow_kohya_and_batches_never_mix_them(tiny, outp
     folder.mkdir(parents=True)
     for i, size in enumerate([(128, 64), (130, 66), (40, 80), (64, 64)]):
         Image.new("RGB", size, (50 * i, 90, 160)).save(folder / f"img{i}.png")
-    monkeypatch.setenv("LORALAB_INPUT_DIR", str(tmp_path / "input"))
+    configure_host(inputs=(Path(tmp_path / "input"),))
     dataset, preview = LoRALabImageFolder().load("mixed", 64, "center", False, "a photo", buckets=True)
     shapes = [tuple(image.shape[:2]) for image in dataset.images]  # (height, width)
     assert shapes == [(40, 88), (40, 88), (88, 40), (64, 64)]  # the nearest aspect ratio of ~64² px

@@ -7,18 +7,17 @@ Where we look, in order:
 - inside ComfyUI: ``<ComfyUI models>/metrics`` for single files (Inception, LPIPS trunks) and
   ComfyUI's ``clip_vision`` (then ``clip``) folders for CLIP folders;
 - headless: ``<models-dir>/metrics`` and ``<models-dir>/clip_vision`` for every model root
-  (``--models-dir`` / ``LORALAB_MODELS_DIR``, default ``./models``);
+  (``--models-dir``, default ``./models``);
 - single files also in torch's hub cache (``$TORCH_HOME/hub/checkpoints``), where torch-fidelity and
   torchvision keep these very files when they were allowed to download them once.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checkpoints import MODELS_DIR, model_roots
+from ..checkpoints import MODELS_DIR
 
 
 @dataclass(frozen=True)
@@ -55,29 +54,19 @@ class WeightsError(ValueError):
     pass
 
 
-def _comfy_folder_paths():
-    return sys.modules.get("folder_paths")
-
-
 def metric_file_folders() -> list[Path]:
-    fp = _comfy_folder_paths()
-    roots = [Path(fp.models_dir)] if fp is not None else model_roots()
     import torch
 
-    return [root / "metrics" for root in roots] + [Path(torch.hub.get_dir()) / "checkpoints"]
+    from ..host import current
+
+    return current().model_folders("metrics") + [Path(torch.hub.get_dir()) / "checkpoints"]
 
 
 def clip_folders() -> list[Path]:
-    fp = _comfy_folder_paths()
-    if fp is None:
-        return [root / "clip_vision" for root in model_roots()]
-    found = []
-    for kind in ("clip_vision", "clip"):
-        try:
-            found += [Path(p) for p in fp.get_folder_paths(kind)]
-        except KeyError:  # a ComfyUI without that folder kind
-            pass
-    return found
+    """``<models>/clip_vision`` headless; ComfyUI's ``clip_vision`` then ``clip`` folders."""
+    from ..host import current
+
+    return current().model_folders("clip_vision")
 
 
 def _candidates(value: str, folders: list[Path]) -> list[Path]:
