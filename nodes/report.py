@@ -342,16 +342,20 @@ def _summary(node: str, scores, group_by: str, metrics: str):
     return table.rows, groups, list(chosen) or list(dict.fromkeys(r["metric"] for r in table.rows))
 
 
-class LoRALabPlotScatter:
-    DESCRIPTION = ("Scatter two metrics with their Pareto front (seed 004's content vs style similarity, "
-                   "quality vs seconds per image): one point per group (its mean), coloured by a column; the "
-                   "front's points ringed, joined and labelled. The front is the Pareto Front node's.")
+class _Figure:
+    """What every figure node declares: one IMAGE, shown on the node."""
     CATEGORY = "LoRA Lab/report"
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("The figure (Save Image keeps it; Save Report puts it in the page).",)
     FUNCTION = "plot"
     OUTPUT_NODE = True
+
+
+class LoRALabPlotScatter(_Figure):
+    DESCRIPTION = ("Scatter two metrics with their Pareto front (seed 004's content vs style similarity, "
+                   "quality vs seconds per image): one point per group (its mean), coloured by a column; the "
+                   "front's points ringed, joined and labelled. The front is the Pareto Front node's.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -386,16 +390,10 @@ class LoRALabPlotScatter:
         return _figure_result("Plot Scatter", draw)
 
 
-class LoRALabPlotBars:
+class LoRALabPlotBars(_Figure):
     DESCRIPTION = ("Bars of each metric's mean per group with its confidence interval (seed 002/003's mean ± "
                    "CI charts): one panel per metric. Takes Summarize's table, or a per-image table that it "
                    "summarizes the same way (2000 bootstrap resamples, 95%).")
-    CATEGORY = "LoRA Lab/report"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = LoRALabPlotScatter.OUTPUT_TOOLTIPS
-    FUNCTION = "plot"
-    OUTPUT_NODE = True
     kind = "Plot Bars"
 
     @classmethod
@@ -427,15 +425,9 @@ class LoRALabPlotRadar(LoRALabPlotBars):
     default_size = (600, 600)
 
 
-class LoRALabPlotLine:
+class LoRALabPlotLine(_Figure):
     DESCRIPTION = ("A metric against an axis (steps, CFG, rank, LoRA strength): the mean per axis value, one "
                    "line per group, with a ± std band where a point averages several rows.")
-    CATEGORY = "LoRA Lab/report"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = LoRALabPlotScatter.OUTPUT_TOOLTIPS
-    FUNCTION = "plot"
-    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
