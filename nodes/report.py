@@ -497,8 +497,10 @@ class LoRALabImageGrid:
         import numpy as np
         import torch
 
+        from ..core import runtime
+        from ..core.files import UnsafePathError
         from ..core.grid import columns_for, image_grid
-        from .io import LoRALabSaveImage
+        from ..core.images import save_images
 
         sets = [("images", images, "image_scores", image_scores)]
         if images_2 is not None:
@@ -534,9 +536,14 @@ class LoRALabImageGrid:
         picture, _ = image_grid(stacked, row_values, column_values, names[0], names[1], title.strip(),
                                 labels=labelled)
         grid = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)[None]
-        saved = LoRALabSaveImage().save(grid, filename_prefix, prompt, extra_pnginfo) if filename_prefix.strip() \
-            else {"ui": {"images": []}}
-        return {"ui": saved["ui"], "result": (grid,)}
+        entries = []
+        if filename_prefix.strip():
+            root, under = runtime.write_root("output")
+            try:
+                entries = save_images(grid, root, filename_prefix, prompt, extra_pnginfo, 4, under)
+            except UnsafePathError as e:
+                raise ValueError(f"LoRA Lab: Image Grid: input 'filename_prefix': {e}") from None
+        return {"ui": {"images": [{**e, "type": "output"} for e in entries]}, "result": (grid,)}
 
 
 # --- Report ----------------------------------------------------------------------------------------

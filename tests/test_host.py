@@ -109,8 +109,8 @@ def test_the_runner_imports_no_pack_type_and_reads_tables_through_the_hook():
     assert hooks().tables(table) == (["model"], [{"model": "m", "ssim": 0.5}])
     assert hooks().tables("not a table") is None
     assert hooks().decode(hooks().encode(table)) == table
-    from loralab.nodes.sample import LoRALabGenerate
     from loralab.nodes.report import LoRALabSummarize
+    from loralab.nodes.sample import LoRALabGenerate
 
     assert hooks().disk_cacheable(LoRALabGenerate) and not hooks().disk_cacheable(LoRALabSummarize)
 

@@ -17,7 +17,7 @@ from loralab.core.scores import ScoreTable
 from loralab.headless.cli import main
 from loralab.nodes.io import LoRALabPreviewImage, LoRALabSaveImage
 from loralab.nodes.lora import LoRALabFineTune, LoRALabSaveLoRA, LoRALabTrainLoRA
-from loralab.nodes.report import LoRALabSaveScores
+from loralab.nodes.report import LoRALabImageGrid, LoRALabSaveReport, LoRALabSaveScores
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
 
@@ -116,6 +116,17 @@ def test_save_scores_refuses_a_symlinked_subfolder(output_dir, outside):
     assert_refused(lambda: LoRALabSaveScores().save(table, "study/s", "csv+json"), outside)
 
 
+def test_report_and_grid_refuse_a_symlinked_subfolder(output_dir, outside):
+    link(output_dir, "study", outside)
+    table = ScoreTable(("model",), [{"model": "a", "x": 1.0}])
+    assert_refused(lambda: LoRALabSaveReport().save("r", "study/report", scores_1=table), outside)
+    assert_refused(lambda: LoRALabImageGrid().grid(torch.rand(2, 8, 8, 3), "", "", "", "study/grid"), outside)
+    with pytest.raises(ValueError, match="LoRA Lab: Image Grid: input 'filename_prefix': .*symbolic link"):
+        LoRALabImageGrid().grid(torch.rand(2, 8, 8, 3), "", "", "", "study/grid")
+    with pytest.raises(ValueError, match="LoRA Lab: Save Report: input 'filename_prefix': .*symbolic link"):
+        LoRALabSaveReport().save("r", "study/report")
+
+
 def test_save_lora_refuses_a_symlinked_loras_folder(output_dir, outside):
     link(output_dir, "loras", outside)
     assert_refused(lambda: LoRALabSaveLoRA().save(tiny_lora(), "loras/style"), outside)
@@ -203,7 +214,8 @@ def test_path_inputs_that_leave_the_output_folder_are_refused_before_anything_ru
 
 @pytest.mark.parametrize("cls,name", [(LoRALabSaveImage, "filename_prefix"), (LoRALabSaveScores, "filename_prefix"),
                                       (LoRALabSaveLoRA, "filename_prefix"), (LoRALabTrainLoRA, "run_name"),
-                                      (LoRALabFineTune, "run_name")])
+                                      (LoRALabFineTune, "run_name"), (LoRALabImageGrid, "filename_prefix"),
+                                      (LoRALabSaveReport, "filename_prefix")])
 def test_validate_inputs_accepts_names_and_links(cls, name):
     """ComfyUI passes None for a linked input at validation time: it is checked when the node runs."""
     assert cls.VALIDATE_INPUTS(**{name: "study/run-1"}) is True
