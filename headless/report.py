@@ -59,10 +59,6 @@ def axis_labels(name: str, values: list) -> list[str]:
     return labels
 
 
-def axis_column(name: str) -> str:
-    return name
-
-
 def labelled_runs(exp: Experiment, records: list[dict]) -> dict[str, dict[str, str]]:
     """run id -> {axis: label of its value}, read from each run's recorded overrides (so a sweep
     run with extra ``--set`` values is labelled too), in the experiment's order (first axis
@@ -83,7 +79,7 @@ def labelled_runs(exp: Experiment, records: list[dict]) -> dict[str, dict[str, s
         if None not in position:
             found[record["run_id"]] = (position, record.get("repeat", 0))
     ordered = sorted(found, key=lambda r: found[r])
-    return {r: {axis_column(n): labels[n][i] for n, i in zip(names, found[r][0], strict=True)} for r in ordered}
+    return {r: {n: labels[n][i] for n, i in zip(names, found[r][0], strict=True)} for r in ordered}
 
 
 # --- Choosing tables -------------------------------------------------------------------------------
@@ -99,16 +95,15 @@ class SweepData:
     classes: dict[str, str] = field(default_factory=dict)
 
 
-def _node_titles(exp: Experiment) -> tuple[dict, dict]:
+def _workflow(exp: Experiment) -> dict:
+    """The sweep's base workflow, read once; {} when it moved (the page then names nodes by id)."""
     from .cli import load_any
 
     try:
         prompt, _ = load_any(str(exp.workflow))
-    except Exception:  # noqa: BLE001 - the page is still written, with node ids for names
-        return {}, {}
-    return ({k: (v.get("_meta") or {}).get("title") or v.get("class_type", k) for k, v in prompt.items()
-             if isinstance(v, dict)},
-            {k: v.get("class_type", "") for k, v in prompt.items() if isinstance(v, dict)})
+    except Exception:  # noqa: BLE001 - the page is still written
+        return {}
+    return {k: v for k, v in prompt.items() if isinstance(v, dict)}
 
 
 def pick_node(data: SweepData, wanted: str | None) -> str:
@@ -163,7 +158,8 @@ def run_images(output_dir: Path, record: dict, prefix: str) -> list[Path]:
 
 
 def sweep_grid(output_dir: Path, data: SweepData, rows: str, columns: str, prefix: str, index: int):
-    """(PIL grid, cells filled, cells wanted) of image ``index`` under ``prefix`` of every run."""
+    """The grid (PIL) of image ``index`` under ``prefix`` of every finished run, or None when no
+    run saved one."""
     from PIL import Image
 
     from ..core.grid import image_grid
@@ -237,12 +233,14 @@ def sweep_report(output_dir: Path, experiment: str | None = None, settings: dict
     position = {run: i for i, run in enumerate(labels)}
     records.sort(key=lambda r: position.get(r["run_id"], len(position)))  # the experiment's order
     finished = [r for r in records if r.get("status") == "done"]
-    axes = [axis_column(n) for n in exp.axes]
+    axes = list(exp.axes)
     for key in ("compare", "rows", "columns"):
         if chosen.get(key) and chosen[key] not in axes:
             raise invalid_prompt(f"[report] {key} = {chosen[key]!r} is not an axis of the experiment",
                                  f"axes: {', '.join(axes) or 'none'}")
-    titles, classes = _node_titles(exp)
+    workflow = _workflow(exp)
+    titles = {k: (v.get("_meta") or {}).get("title") or v.get("class_type", k) for k, v in workflow.items()}
+    classes = {k: v.get("class_type", "") for k, v in workflow.items()}
     data = SweepData(exp, chosen, finished, labels, axes, titles, classes)
     page_dir = output_dir
     report = H.Report(chosen.get("title") or f"Sweep {exp.path.stem}",
@@ -295,7 +293,7 @@ def sweep_report(output_dir: Path, experiment: str | None = None, settings: dict
         report.figures.append(H.figure(f"Pareto front: {x} vs {y}", picture))
     report.tables.append(runs_table)
     # Grid across runs
-    prefix = chosen.get("images") or _first_image_prefix(exp)
+    prefix = chosen.get("images") or _first_image_prefix(workflow)
     if prefix and axes:
         rows_axis = chosen.get("rows") or axes[0]
         columns_axis = chosen.get("columns") or (axes[1] if len(axes) > 1 else "")
@@ -313,15 +311,9 @@ def sweep_report(output_dir: Path, experiment: str | None = None, settings: dict
     return report
 
 
-def _first_image_prefix(exp: Experiment) -> str:
-    from .cli import load_any
-
-    try:
-        prompt, _ = load_any(str(exp.workflow))
-    except Exception:  # noqa: BLE001
-        return ""
-    return next((n["inputs"].get("filename_prefix", "") for n in prompt.values() if isinstance(n, dict)
-                 and n.get("class_type") in ("LoRALabSaveImage", "SaveImage")), "")
+def _first_image_prefix(prompt: dict) -> str:
+    return next((n["inputs"].get("filename_prefix", "") for n in prompt.values()
+                 if n.get("class_type") in ("LoRALabSaveImage", "SaveImage")), "")
 
 
 def run_report(output_dir: Path):

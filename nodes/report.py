@@ -323,7 +323,7 @@ def _figure_result(node: str, draw):
     return {"ui": LoRALabPreviewImage().save(image)["ui"], "result": (image,)}
 
 
-def _summary(node: str, scores, group_by: str, metrics: str):
+def _summary(scores, group_by: str, metrics: str):
     """Summarize's table as given, or the summary of a per-image table (same group and metric
     rules as the Summarize node); returns (rows, group columns, metrics)."""
     from ..core.stats import StatsError, auto_group, summarize
@@ -413,7 +413,7 @@ class LoRALabPlotBars(_Figure):
         from ..core import plots
 
         draw = getattr(plots, "radar" if self.kind == "Plot Radar" else "bars")
-        return _figure_result(self.kind, lambda: draw(*_summary(self.kind, scores, group_by, metrics), title,
+        return _figure_result(self.kind, lambda: draw(*_summary(scores, group_by, metrics), title,
                                                        width, height))
 
 
