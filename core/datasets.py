@@ -27,6 +27,9 @@ class Dataset:
     captions: list[str]
     files: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # per-example loss weight (prior preservation); [] = all 1
+    # per-example loss masks in 0..1 (1 = trained at full weight), the images' sizes: a tensor
+    # [N,H,W], or a list of [H,W] with buckets; None = no masks
+    masks: object = None
 
 
 def input_roots() -> list[Path]:

@@ -48,6 +48,15 @@ def kohya_alpha(alpha: float, rank: int, variant: str) -> float:
     return alpha * rank**0.5 if variant == "rslora" else alpha
 
 
+def peft_config(lcfg: LoRAConfigSpec, targets: list[str], rank: int, alpha: float):
+    """The peft config that wraps ``targets`` with ``lcfg``'s adapter kind."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=lcfg.dropout,
+                      init_lora_weights=True if lcfg.init == "kaiming" else "gaussian",
+                      use_dora=lcfg.variant == "dora", use_rslora=lcfg.variant == "rslora")
+
+
 def _matches(name: str, suffixes) -> bool:
     return any(name == s or name.endswith("." + s) for s in suffixes)
 

@@ -24,9 +24,10 @@ import torch
 from .choices import LR_SCHEDULES, OPTIMIZERS
 from .distill import LCMSpec
 from .lora import LoRAConfigSpec, fit_budget, kohya_alpha, resolve_targets
+from .lora import peft_config as adapter_config
 from .noise import NoiseStrategy, alphas_cumprod, betas_from_config
 from .trainer.conditioner import _CaptionDropout, encode_text  # noqa: F401 (public here)
-from .trainer.state import ADAPTER, FULL, _Batches, latest_checkpoint, lora_state, rng_devices, trained_state  # noqa: F401
+from .trainer.state import ADAPTER, FULL, _Batches, is_adapter, latest_checkpoint, lora_state, rng_devices, trained_state  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -181,14 +182,6 @@ def _lr_schedule(optimizer, spec: TrainSpec):
     return get_scheduler(name, optimizer, num_warmup_steps=spec.warmup_steps, num_training_steps=spec.steps)
 
 
-def _peft_config(lcfg: LoRAConfigSpec, targets: list[str], rank: int, alpha: float):
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=lcfg.dropout,
-                      init_lora_weights=True if lcfg.init == "kaiming" else "gaussian",
-                      use_dora=lcfg.variant == "dora", use_rslora=lcfg.variant == "rslora")
-
-
 @contextmanager
 def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int):
     """Wrap the pipeline's own UNet (and text encoder) in LoRA layers for the duration of training.
@@ -214,9 +207,9 @@ def _adapters(pipe, lcfg: LoRAConfigSpec, seed: int):
                 targets = resolve_targets(model, lcfg.targets if name == "unet" else "attention", lcfg.custom_modules,
                                           text_encoder=name != "unet")
                 torch.manual_seed(seed)  # peft draws the LoRA A init from the global generator
-                inject_adapter_in_model(_peft_config(lcfg, targets, rank, alpha), model, adapter_name=ADAPTER)
+                inject_adapter_in_model(adapter_config(lcfg, targets, rank, alpha), model, adapter_name=ADAPTER)
                 for n, p in model.named_parameters():
-                    if "lora_" in n:
+                    if is_adapter(n):
                         p.data = p.data.float()  # adapters train in fp32 whatever the base precision
                         p.requires_grad_(True)
             models[name] = (model, targets)
@@ -385,7 +378,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     else:
         objective = DenoisingObjective(noise, prediction, alpha_bar)
     params = [p for model, targets in models.values() for n, p in model.named_parameters()
-              if targets == FULL or (targets and "lora_" in n)]
+              if targets == FULL or (targets and is_adapter(n))]
     optimizer = _optimizer(params, spec)
     hooks = Hooks(progress, validation, spec.validation_every, checkpoint_dir, spec.checkpoint_every)
     state, (seconds, peak_memory_mb) = run(pipe, models, data, objective, spec, run_signature(data, noise, lcfg, spec),

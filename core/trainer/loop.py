@@ -19,7 +19,7 @@ from ..measure import measure
 from ..runtime import check_interrupted
 from .conditioner import Conditioner
 from .hooks import Hooks
-from .state import FULL, TrainState, _Batches, derived_seed, latest_checkpoint
+from .state import FULL, TrainState, _Batches, derived_seed, is_adapter, latest_checkpoint
 
 
 def make_accelerator(spec, device: torch.device):
@@ -70,7 +70,7 @@ def run(pipe, models: dict, data, objective, spec, signature: str, hooks: Hooks,
                               spec.caption_dropout, device)
     latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
     params = [p for model, targets in models.values() for n, p in model.named_parameters()
-              if targets == FULL or (targets and "lora_" in n)]
+              if targets == FULL or (targets and is_adapter(n))]
     autocast = autocast_for(accelerator)
     torch.manual_seed(derived_seed(spec.seed, 2))  # LoRA dropout's masks: peft's nn.Dropout draws from it
     resume = latest_checkpoint(hooks.checkpoint_dir)

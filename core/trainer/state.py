@@ -20,11 +20,19 @@ from ..files import _UMASK, atomic_write_text
 # The ``targets`` of a component trained in full (every parameter) rather than through adapters.
 FULL = ["*"]
 ADAPTER = "loralab_train"
+# peft's parameter names for each adapter kind: LoRA/DoRA (lora_A/B, lora_magnitude_vector), LoHa
+# (hada_w1_a ...), LoKr (lokr_w1 ...).
+ADAPTER_PARTS = ("lora_", "hada_", "lokr_")
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a parameter/state-dict name belongs to an adapter rather than the base model."""
+    return any(part in name for part in ADAPTER_PARTS)
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
-    """The adapter tensors in peft's names without the adapter name ("...lora_A.weight")."""
-    return {k.replace(f".{ADAPTER}", ""): v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+    """The adapter tensors in peft's names without the adapter name ("...lora_A.weight", "...hada_w1_a")."""
+    return {k.replace(f".{ADAPTER}", ""): v.detach().clone() for k, v in model.state_dict().items() if is_adapter(k)}
 
 
 def trained_state(model, targets: list[str]) -> dict[str, torch.Tensor]:
