@@ -23,6 +23,9 @@ class LabLoRA:
     trainable_parameters: int = 0
     file_size_bytes: int = 0
     base_model: str = ""  # the pipeline it was trained on (its name in score tables)
+    grad_norms: list[float] = field(default_factory=list)  # per training step, before clipping
+    val_losses: list = field(default_factory=list)  # (step, validation loss, EMA weights' loss or nan)
+    raw_tensors: dict | None = None  # trained with EMA: ``tensors`` are the EMA weights, these the raw ones
 
     @property
     def schedule(self) -> dict | None:

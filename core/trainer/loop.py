@@ -11,6 +11,7 @@ writes the checkpoints.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -19,7 +20,8 @@ from ..measure import measure
 from ..runtime import check_interrupted
 from .conditioner import Conditioner
 from .hooks import Hooks
-from .state import FULL, TrainState, _Batches, derived_seed, is_adapter, latest_checkpoint
+from .state import FULL, TrainState, _Batches, derived_seed, is_adapter, latest_checkpoint, make_ema
+from .validation import ValidationLoss
 
 
 def make_accelerator(spec, device: torch.device):
@@ -50,9 +52,11 @@ def autocast_for(accelerator):
     return get_mixed_precision_context_manager(accelerator.native_amp, accelerator.autocast_handler)
 
 
-def run(pipe, models: dict, data, objective, spec, signature: str, hooks: Hooks, optimizer, schedule):
+def run(pipe, models: dict, data, objective, spec, signature: str, hooks: Hooks, optimizer, schedule,
+        validation_data=None):
     """Train ``models`` (component -> (module, targets)) on ``data`` until ``spec.steps``; returns the
-    final :class:`TrainState` and (seconds, peak memory MB)."""
+    final :class:`TrainState` and (seconds, peak memory MB). ``validation_data`` (a TrainingData of
+    held-out examples) gives the validation loss every ``spec.validation_loss_every`` steps."""
     device = pipe.unet.device
     accelerator = make_accelerator(spec, device)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -63,31 +67,62 @@ def run(pipe, models: dict, data, objective, spec, signature: str, hooks: Hooks,
     trained = {name: accelerator.prepare_model(model, device_placement=False) if world > 1 else model
                for name, (model, targets) in models.items() if targets}
     unet = trained.get("unet", models["unet"][0])
-    state = TrainState(models, accelerator.prepare_optimizer(optimizer, device_placement=False), schedule,
-                       _Batches(len(data.latents), spec.batch_size, spec.seed, buckets),
-                       torch.Generator().manual_seed(derived_seed(spec.seed, 1)), signature)
-    conditioner = Conditioner(pipe, data, {n: (trained.get(n, m), t) for n, (m, t) in models.items()},
-                              spec.caption_dropout, device)
-    latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
     params = [p for model, targets in models.values() for n, p in model.named_parameters()
               if targets == FULL or (targets and is_adapter(n))]
+    state = TrainState(models, accelerator.prepare_optimizer(optimizer, device_placement=False), schedule,
+                       _Batches(len(data.latents), spec.batch_size, spec.seed, buckets),
+                       torch.Generator().manual_seed(derived_seed(spec.seed, 1)), signature,
+                       ema=make_ema(params, spec))
+    wrapped = {n: (trained.get(n, m), t) for n, (m, t) in models.items()}
+    conditioner = Conditioner(pipe, data, wrapped, spec.caption_dropout, device, spec.tag_dropout, spec.keep_tags)
+    latents = data.latents.clone().to(device) if buckets is None else [x.clone().to(device) for x in data.latents]
+    pixels = pixel_weights(data, spec, device)
     autocast = autocast_for(accelerator)
+    if spec.validation_loss_every:
+        if validation_data is None:
+            raise ValueError("validation_loss_every needs held-out examples: set validation_fraction or give a "
+                             "validation dataset")
+        held_out = [x.to(device) for x in validation_data.latents]
+        hooks.validation_loss = ValidationLoss(
+            objective, models["unet"][0], autocast, held_out, Conditioner(pipe, validation_data, models, 0.0, device),
+            pixel_weights(validation_data, spec, device), spec.validation_timesteps, spec.seed)
+        hooks.validation_loss_every = spec.validation_loss_every
     torch.manual_seed(derived_seed(spec.seed, 2))  # LoRA dropout's masks: peft's nn.Dropout draws from it
     resume = latest_checkpoint(hooks.checkpoint_dir)
     if resume is not None:
         state.load(resume, device)
+    state.optimizer.train()  # schedule-free AdamW: the training weights (others: nothing)
+
+    def evaluate(fn, ema: bool = False):
+        """``fn()`` with the models in eval mode and the weights one evaluates: schedule-free AdamW's
+        averaged ones, or (``ema``) the EMA's; the training weights come back exactly."""
+        for model, _ in models.values():
+            model.eval()
+        state.optimizer.eval()
+        if ema:
+            state.ema.store(params)
+            state.ema.copy_to(params)
+        try:
+            return fn()
+        finally:
+            if ema:
+                state.ema.restore(params)
+            state.optimizer.train()
+            for model, _ in models.values():
+                model.train()
 
     def micro_batch() -> float:
         """One micro-batch: this process's share of the global batch, forward and backward; the
         optimizer steps after the last of ``grad_accum``. Returns the global batch's mean loss."""
         with accelerator.accumulate(*trained.values()):
             index = state.batches.next()
-            drop = conditioner.draw(len(index), state.noise_generator)
+            drop = conditioner.draw(index, state.noise_generator)
             draws = objective.draw((len(index), *_take(latents, index[:1]).shape[1:]), state.noise_generator)
             rows = list(range(rank, len(index), world))
             local = [index[r] for r in rows]
-            cond, added = conditioner(local, drop[rows] if drop is not None else None)
-            per_sample = objective.loss(unet, _take(latents, local), cond, added, draws.take(rows), autocast)
+            cond, added = conditioner(local, drop.take(rows))
+            per_sample = objective.loss(unet, _take(latents, local), cond, added, draws.take(rows), autocast,
+                                        _take(pixels, local) if pixels is not None else None)
             if data.weights is not None:
                 per_sample = per_sample * data.weights[local].to(device)
             loss = per_sample.mean()
@@ -97,27 +132,50 @@ def run(pipe, models: dict, data, objective, spec, signature: str, hooks: Hooks,
                     f"(if any) is in {hooks.checkpoint_dir}. Try a lower learning rate or fp32.")
             accelerator.backward(loss)  # divided by grad_accum; fp16: scaled
             if accelerator.sync_gradients:
-                if spec.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, spec.max_grad_norm)  # unscaled first
+                # the global norm before clipping (fp16: unscaled first); max norm inf only measures it
+                norm = accelerator.clip_grad_norm_(params, spec.max_grad_norm if spec.max_grad_norm > 0 else math.inf)
+                grad_norm[0] = float(norm)
                 state.optimizer.step()
                 state.optimizer.zero_grad(set_to_none=True)
             return (accelerator.reduce(loss.detach(), "mean") if world > 1 else loss).item()
 
+    grad_norm = [math.nan]
     start = time.perf_counter()
     try:
         with measure(device) as cost:
+            hooks.start(state, accelerator, evaluate)
             while state.step < spec.steps:
                 check_interrupted()
                 total = sum(micro_batch() / spec.grad_accum for _ in range(spec.grad_accum))
-                state.lrs.append(schedule.get_last_lr()[0])
+                # Prodigy's step size is its estimate d times the learning rate (a multiplier there)
+                state.lrs.append(schedule.get_last_lr()[0] * state.optimizer.param_groups[0].get("d", 1.0))
                 schedule.step()
                 state.losses.append(total)
+                state.grad_norms.append(grad_norm[0])
                 state.step += 1
-                hooks.after_step(state, models["unet"][0], spec.steps, accelerator, total, device)
+                if state.ema is not None and state.step % spec.ema_every == 0:
+                    state.ema.step(params)
+                hooks.after_step(state, models["unet"][0], spec.steps, accelerator, total, device, evaluate)
+        state.optimizer.eval()  # schedule-free AdamW: the result is its averaged weights
     finally:
+        hooks.close()
         for model in trained.values():
             accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # the shared modules come back as they were
     return state, (time.perf_counter() - start, cost.peak_memory_mb)
+
+
+def pixel_weights(data, spec, device: torch.device):
+    """Masked loss's weights per latent pixel, ``unmasked_weight + (1 − unmasked_weight)·mask`` with
+    the masks at latent size (``data.masks``); None without masks."""
+    if data.masks is None:
+        return None
+    if not 0.0 <= spec.unmasked_weight <= 1.0:
+        raise ValueError(f"unmasked_weight {spec.unmasked_weight} must be in [0, 1]")
+
+    def weight(mask):
+        return (spec.unmasked_weight + (1 - spec.unmasked_weight) * mask).to(device)
+
+    return weight(data.masks) if isinstance(data.masks, torch.Tensor) else [weight(m) for m in data.masks]
 
 
 def _take(latents, index: list[int]) -> torch.Tensor:

@@ -28,8 +28,9 @@ class DenoisingObjective:
     a timestep the noise strategy samples, predict ε or v (Salimans & Ho 2022), MSE weighted per
     example by the strategy (min-SNR, Hang et al. 2023; …)."""
 
-    def __init__(self, noise: NoiseStrategy, prediction: str, alpha_bar: torch.Tensor):
+    def __init__(self, noise: NoiseStrategy, prediction: str, alpha_bar: torch.Tensor, normalize_masked: bool = False):
         self.noise, self.prediction, self.alpha_bar = noise, prediction, alpha_bar
+        self.normalize_masked = normalize_masked  # divide a masked example's loss by its mean pixel weight
         self.snr = snr(alpha_bar)
 
     def draw(self, shape, generator: torch.Generator) -> Draws:
@@ -38,7 +39,11 @@ class DenoisingObjective:
         eps_in = perturb_input_noise(eps, generator, self.noise.input_perturbation)
         return Draws({"t": t, "eps": eps, "eps_in": eps_in})
 
-    def loss(self, unet, x0, cond, added, draws: Draws, autocast) -> torch.Tensor:
+    def loss(self, unet, x0, cond, added, draws: Draws, autocast, pixel_weights: torch.Tensor | None = None,
+             weighted: bool = True) -> torch.Tensor:
+        """Per-example loss. ``pixel_weights`` ``[B,1,h,w]`` (masked loss) weight the squared error
+        before its mean, as kohya's masked loss does; ``weighted=False`` leaves out the strategy's
+        per-timestep weighting (the validation loss: comparable across strategies)."""
         device, d = x0.device, draws.values
         t, eps = d["t"], d["eps"].to(device)
         a = self.alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
@@ -50,7 +55,14 @@ class DenoisingObjective:
             pred = unet(noisy.to(dtype), t.to(device), encoder_hidden_states=cond.to(dtype),
                         added_cond_kwargs=added).sample
         target = target_for(self.prediction, x0, eps, self.alpha_bar[t].to(device, torch.float32))
-        per_sample = ((pred.float() - target.float()) ** 2).mean(dim=(1, 2, 3))
+        squared = (pred.float() - target.float()) ** 2
+        if pixel_weights is not None:
+            squared = squared * pixel_weights.to(device, torch.float32)
+        per_sample = squared.mean(dim=(1, 2, 3))
+        if pixel_weights is not None and self.normalize_masked:
+            per_sample = per_sample / pixel_weights.to(device, torch.float32).mean(dim=(1, 2, 3)).clamp_min(1e-8)
+        if not weighted:
+            return per_sample
         return per_sample * self.noise.weights(self.snr[t], self.prediction).to(device, torch.float32)
 
 
@@ -65,6 +77,8 @@ class LCMObjective:
     def draw(self, shape, generator: torch.Generator) -> Draws:
         return Draws(lcm_draws(shape, self.spec, generator))
 
-    def loss(self, unet, x0, cond, added, draws: Draws, autocast) -> torch.Tensor:
+    def loss(self, unet, x0, cond, added, draws: Draws, autocast, pixel_weights=None, weighted=True) -> torch.Tensor:
+        if pixel_weights is not None:
+            raise ValueError("LCM distillation trains on whole images: masked loss does not apply")
         return lcm_per_example_loss(unet, x0, cond, self.uncond, self.alpha_bar, self.spec, self.prediction,
                                     draws.values, autocast, added)

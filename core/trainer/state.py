@@ -119,6 +119,9 @@ class TrainState:
     losses: list = field(default_factory=list)
     lrs: list = field(default_factory=list)
     validations: list = field(default_factory=list)  # (step, images)
+    grad_norms: list = field(default_factory=list)  # per optimizer step, before clipping
+    val_losses: list = field(default_factory=list)  # (step, validation loss, the EMA weights' or nan)
+    ema: object = None  # diffusers' EMAModel over the trained parameters, or None
 
     def save(self, folder: Path, device: torch.device) -> None:
         from safetensors.torch import save_file
@@ -135,6 +138,9 @@ class TrainState:
                         "rng": _rng_state(device), "step": self.step,
                         "losses": torch.tensor(self.losses, dtype=torch.float64),
                         "lrs": torch.tensor(self.lrs, dtype=torch.float64), "signature": self.signature,
+                        "grad_norms": torch.tensor(self.grad_norms, dtype=torch.float64),
+                        "val_losses": torch.tensor(self.val_losses, dtype=torch.float64).reshape(-1, 3),
+                        **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
                         # the images so far, so that a resumed run returns all of them
                         "validation": {"steps": torch.tensor([s for s, _ in self.validations], dtype=torch.long),
                                        "images": [image.detach().cpu() for _, image in self.validations]}},
@@ -173,8 +179,26 @@ class TrainState:
         if "rng" in state:
             _set_rng_state(state["rng"], device)
         self.step, self.losses, self.lrs = state["step"], state["losses"].tolist(), state["lrs"].tolist()
+        self.grad_norms = state["grad_norms"].tolist() if "grad_norms" in state else []
+        self.val_losses = [(int(s), v, e) for s, v, e in state["val_losses"].tolist()] if "val_losses" in state else []
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         saved = state.get("validation", {"steps": torch.zeros(0), "images": []})
         self.validations = list(zip(saved["steps"].tolist(), saved["images"], strict=True))
+
+
+def make_ema(params: list, spec):
+    """diffusers' EMAModel over ``params`` (Polyak averaging, as its training scripts use it): each
+    update ``shadow ← shadow − (1 − d)(shadow − θ)`` with ``d = min(decay, (1 + n) / (10 + n))``, or
+    ``min(decay, 1 − (1 + n)^(−2/3))`` with warm-up, n counting updates from 0 (the first update
+    copies θ). None when ``ema_decay`` is 0."""
+    if not spec.ema_decay:
+        return None
+    if not 0.0 < spec.ema_decay < 1.0 or spec.ema_every < 1:
+        raise ValueError(f"ema_decay {spec.ema_decay} must be in (0, 1) and ema_every {spec.ema_every} at least 1")
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=spec.ema_decay, use_ema_warmup=spec.ema_warmup, inv_gamma=1.0, power=2 / 3)
 
 
 def _write_latest(folder: Path, name: str) -> None:
