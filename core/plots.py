@@ -22,24 +22,40 @@ def ema(values, smoothing: float) -> np.ndarray:
     return out
 
 
-def training_curves(runs: list[tuple[str, list[float], list[float]]], smoothing: float = 0.9,
-                    log_loss: bool = False, width: int = 1000, height: int = 420) -> np.ndarray:
-    """``runs``: (name, losses, learning rates) per LoRA. Left panel: raw loss (faint) and its EMA
-    per run; right panel: the learning rate per step. Returns an RGB image ``[height, width, 3]`` in
-    0..1."""
+def training_curves(runs: list[tuple], smoothing: float = 0.9, log_loss: bool = False, width: int = 1000,
+                    height: int = 420) -> np.ndarray:
+    """``runs``: (name, losses, learning rates[, validation losses, grad norms]) per LoRA; the
+    validation losses are (step, loss, EMA weights' loss or nan) rows. Left panel: raw loss (faint),
+    its EMA, and the validation loss as markers (hollow: the EMA weights'); then the learning rate
+    per step, and the grad norm per step (before clipping) when any run has one. Returns an RGB
+    image ``[height, width, 3]`` in 0..1."""
+    runs = [tuple(run) + ([], [])[: 5 - len(run)] for run in runs]
+    norms = any(run[4] for run in runs)
     figure = _figure(width, height)
-    loss_ax, lr_ax = figure.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    for index, (name, losses, lrs) in enumerate(runs):
+    axes = figure.subplots(1, 3 if norms else 2, gridspec_kw={"width_ratios": [3, 2, 2] if norms else [3, 2]})
+    loss_ax, lr_ax = axes[0], axes[1]
+    for index, (name, losses, lrs, val_losses, grad_norms) in enumerate(runs):
         colour = f"C{index % 10}"
         steps = np.arange(1, len(losses) + 1)
         loss_ax.plot(steps, losses, color=colour, alpha=0.25, linewidth=0.8)
         loss_ax.plot(steps, ema(losses, smoothing), color=colour, linewidth=1.8, label=name)
+        if val_losses:
+            rows = np.asarray(val_losses, dtype=float).reshape(-1, 3)
+            loss_ax.plot(rows[:, 0], rows[:, 1], "o--", color=colour, markersize=4, linewidth=1,
+                         label=f"{name} (validation)")
+            if not np.isnan(rows[:, 2]).all():
+                loss_ax.plot(rows[:, 0], rows[:, 2], "o:", color=colour, markerfacecolor="none", markersize=5,
+                             linewidth=1, label=f"{name} (validation, EMA)")
         lr_ax.plot(np.arange(1, len(lrs) + 1), lrs, color=colour, linewidth=1.5, label=name)
+        if norms and grad_norms:
+            axes[2].plot(np.arange(1, len(grad_norms) + 1), grad_norms, color=colour, linewidth=1.2, label=name)
     loss_ax.set(xlabel="step", ylabel="loss", title=f"training loss (EMA {smoothing:g})")
     if log_loss:
         loss_ax.set_yscale("log")
     lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
-    for ax in (loss_ax, lr_ax):
+    if norms:
+        axes[2].set(xlabel="step", ylabel="gradient norm", title="grad norm (before clipping)")
+    for ax in axes:
         ax.grid(alpha=0.3)
     loss_ax.legend(fontsize=8)
     return _pixels(figure)

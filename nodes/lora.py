@@ -20,12 +20,16 @@ class LoRALabTrainConfig:
             "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-6, "round": False,
                                         "tooltip": "Peak learning rate (seed 002: 5e-4; seed 004: 1e-4)."}),
             "lr_schedule": (list(LR_SCHEDULES), {"default": "constant", "tooltip":
-                            "constant, linear decay or cosine annealing, each after warmup_steps."}),
+                            "constant, linear decay, cosine annealing, cosine with lr_cycles hard restarts or "
+                            "polynomial decay (lr_power), each after warmup_steps."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": False,
                      "tooltip": "Seeds LoRA init, data order, timesteps and noise: same seed, same LoRA "
                                 "(fixed: the editor never changes it on Run, so nothing retrains)."}),
         }, "optional": {
-            "optimizer": (list(OPTIMIZERS), {"default": "adamw", "tooltip": "torch optimizer."}),
+            "optimizer": (list(OPTIMIZERS), {"default": "adamw", "tooltip":
+                          "adamw/adam/sgd (torch); prodigy (learning rate is a multiplier: use 1.0); adafactor "
+                          "(fixed LR); adamw_8bit (bitsandbytes, CUDA GPU only); adamw_schedulefree (its own "
+                          "warm-up, lr_schedule constant)."}),
             "gradient_accumulation": ("INT", {"default": 1, "min": 1, "max": 256,
                                               "tooltip": "Micro-batches per optimizer step."}),
             "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip": "Linear LR warmup."}),
@@ -56,12 +60,52 @@ class LoRALabTrainConfig:
             "caption_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
                                 "Fraction of examples trained without their caption (SD1: the empty prompt; "
                                 "SDXL: zeros), so classifier-free guidance keeps working; pretraining uses 0.1."}),
+            "lr_cycles": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip":
+                          "cosine_with_restarts: number of hard restarts (kohya lr_scheduler_num_cycles)."}),
+            "lr_power": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 10.0, "step": 0.1, "tooltip":
+                         "polynomial: decay power to 1e-7 (1 = linear; kohya lr_scheduler_power)."}),
+            "tag_dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip":
+                            "Drop each comma-separated tag of a caption at this rate (kohya "
+                            "caption_tag_dropout_rate); captions are then encoded every step."}),
+            "keep_tags": ("INT", {"default": 0, "min": 0, "max": 255, "tooltip":
+                          "The first N tags are never dropped (kohya keep_tokens), e.g. the trigger word."}),
+            "validation_loss_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip":
+                                      "Measure the loss on held-out examples every N steps (and at step 0 and "
+                                      "the end); 0 = never. Fixed timesteps and noise: comparable across "
+                                      "runs and resumes. Needs validation_fraction or a validation_dataset."}),
+            "validation_fraction": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip":
+                                    "Without a validation_dataset on Train LoRA: hold out this fraction of the "
+                                    "training images (seeded; they are not trained on)."}),
+            "validation_timesteps": ("INT", {"default": 4, "min": 1, "max": 1000, "tooltip":
+                                     "Fixed timesteps per held-out example (midpoints of equal bins of the "
+                                     "schedule)."}),
+            "ema_decay": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99999, "step": 0.0001, "round": False,
+                          "tooltip": "EMA of the trained weights (0 = off; e.g. 0.999). The LoRA out is the EMA; "
+                                     "Save LoRA can write the raw weights instead."}),
+            "ema_warmup": ("BOOLEAN", {"default": False, "tooltip":
+                           "EMA warm-up 1 - (1 + n)^(-2/3) (diffusers' use_ema_warmup) instead of "
+                           "(1 + n) / (10 + n), each capped at ema_decay."}),
+            "ema_every": ("INT", {"default": 1, "min": 1, "max": 100000, "tooltip":
+                          "Update the EMA every N optimizer steps (OneTrainer ema_update_step_interval)."}),
+            "tensorboard": ("BOOLEAN", {"default": False, "tooltip":
+                            "Write TensorBoard event files (loss, LR, grad norm, validation loss, validation "
+                            "images) to <output>/loralab_checkpoints/<run_name>/tensorboard; needs the "
+                            "tensorboard package."}),
+            "unmasked_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                "Masked loss (when the examples have masks): the loss weight where the mask is "
+                                "0 (OneTrainer unmasked_weight; kohya's masked_loss is 0)."}),
+            "normalize_masked_loss": ("BOOLEAN", {"default": False, "tooltip":
+                                      "Divide each masked example's loss by its mean weight (OneTrainer "
+                                      "normalize_masked_area_loss), so small masks are not down-weighted."}),
         }}
 
     def build(self, steps, batch_size, learning_rate, lr_schedule, seed, optimizer="adamw",
               gradient_accumulation=1, warmup_steps=0, weight_decay=0.01, max_grad_norm=1.0, checkpoint_every=0,
               mixed_precision="no", gradient_checkpointing=False, epochs=0, validation_every=0,
-              validation_prompt="", fp32_math="highest", beta1=0.9, beta2=0.999, caption_dropout=0.0):
+              validation_prompt="", fp32_math="highest", beta1=0.9, beta2=0.999, caption_dropout=0.0,
+              lr_cycles=1, lr_power=1.0, tag_dropout=0.0, keep_tags=0, validation_loss_every=0,
+              validation_fraction=0.0, validation_timesteps=4, ema_decay=0.0, ema_warmup=False, ema_every=1,
+              tensorboard=False, unmasked_weight=0.0, normalize_masked_loss=False):
         from ..core.train import TrainSpec
 
         return (TrainSpec(steps=steps, batch_size=batch_size, grad_accum=gradient_accumulation, optimizer=optimizer,
@@ -70,7 +114,12 @@ class LoRALabTrainConfig:
                           checkpoint_every=checkpoint_every, mixed_precision=mixed_precision,
                           gradient_checkpointing=gradient_checkpointing, epochs=epochs,
                           validation_every=validation_every, validation_prompt=validation_prompt,
-                          fp32_math=fp32_math, beta1=beta1, beta2=beta2, caption_dropout=caption_dropout),)
+                          fp32_math=fp32_math, beta1=beta1, beta2=beta2, caption_dropout=caption_dropout,
+                          lr_cycles=lr_cycles, lr_power=lr_power, tag_dropout=tag_dropout, keep_tags=keep_tags,
+                          validation_loss_every=validation_loss_every, validation_fraction=validation_fraction,
+                          validation_timesteps=validation_timesteps, ema_decay=ema_decay, ema_warmup=ema_warmup,
+                          ema_every=ema_every, tensorboard=tensorboard, unmasked_weight=unmasked_weight,
+                          normalize_masked_loss=normalize_masked_loss),)
 
 
 class LoRALabTrainLoRA:
@@ -103,6 +152,13 @@ class LoRALabTrainLoRA:
             "distill": ("LL_DISTILL", {"tooltip": "LCM-LoRA distillation (LoRA Lab: LCM Distill Config) instead "
                                        "of the denoising loss: the Noise Strategy then gives only the beta "
                                        "schedule and prediction type. UNet LoRA only."}),
+            "validation_dataset": ("LL_DATASET", {"tooltip": "Held-out examples for the validation loss (e.g. "
+                                                  "Train/Test Split's test); else validation_fraction of the "
+                                                  "training images is held out."}),
+            "mask": ("MASK", {"tooltip": "Masked loss for images: one mask per image (or one for all) of the "
+                              "images' size; where it is 1 (the painted area of ComfyUI's mask editor) trains at "
+                              "full weight, where 0 at train_config's unmasked_weight. A dataset brings its "
+                              "own masks (Image Folder's masks option)."}),
         }}
 
     @classmethod
@@ -112,7 +168,7 @@ class LoRALabTrainLoRA:
         return validate_name(run_name)
 
     def train(self, pipeline, noise, lora_config, train_config, run_name, dataset=None, images=None,
-              captions="a photo in sks style", distill=None):
+              captions="a photo in sks style", distill=None, validation_dataset=None, mask=None):
         from ..core.lab_lora import apply_lora
         from ..core.scores import ScoreTable
         from ..core.train import train_from_images
@@ -127,9 +183,13 @@ class LoRALabTrainLoRA:
                                  f"{lora_config.text_encoder_rank} in lora_config")
             train_config = dataclasses.replace(train_config, distill=distill)
         images, lines, weights = _examples("Train LoRA", dataset, images, captions)
+        masks = _masks("Train LoRA", dataset, images, mask)
+        held_out = None
+        if validation_dataset is not None:
+            held_out = (validation_dataset.images, validation_dataset.captions, validation_dataset.masks)
         try:
             lora = train_from_images(pipeline, images, lines, noise, lora_config, train_config, checkpoints, run_name,
-                                     weights)
+                                     weights, masks, held_out)
         except ValueError as e:  # settings that cannot train, or a checkpoint folder of another run
             raise ValueError(f"LoRA Lab: Train LoRA: run '{run_name}': {e}") from None
         try:
@@ -138,7 +198,8 @@ class LoRALabTrainLoRA:
             raise ValueError(f"LoRA Lab: Train LoRA: input 'pipeline': {e}") from None
         row = {"model": applied.name, "lora": run_name, "rank": lora.rank, "alpha": lora.alpha,
                "train_seconds": lora.seconds, "train_peak_memory_mb": lora.peak_memory_mb,
-               "trainable_parameters": lora.trainable_parameters, "final_loss": lora.losses[-1]}
+               "trainable_parameters": lora.trainable_parameters, "final_loss": lora.losses[-1],
+               **validation_columns(lora.val_losses)}
         import torch
 
         shots = [batch for _, batch in lora.validation_images]
@@ -159,6 +220,36 @@ def _checkpoint_folder(node: str, run_name: str):
     # What core.train's checkpoint writer leaves behind when the process is killed mid-write.
     clean_stale_temp(checkpoints, (".checkpoint.", ".latest."))
     return checkpoints
+
+
+def validation_columns(val_losses: list) -> dict:
+    """The score row's validation-loss columns: the last, the best and its step, and the EMA
+    weights' last (when trained with EMA)."""
+    import math
+
+    if not val_losses:
+        return {}
+    step, best, _ = min(val_losses, key=lambda row: row[1])
+    row = {"val_loss": val_losses[-1][1], "best_val_loss": best, "best_val_step": step}
+    if not math.isnan(val_losses[-1][2]):
+        row["val_loss_ema"] = val_losses[-1][2]
+    return row
+
+
+def _masks(node: str, dataset, images, mask):
+    """The loss masks: a dataset's own, or the MASK input (``[H,W]`` for all images or ``[N,H,W]``)
+    checked against the images; None without masks."""
+    if mask is None:
+        return dataset.masks if dataset is not None else None
+    if dataset is not None and dataset.masks is not None:
+        raise ValueError(f"LoRA Lab: {node}: input 'mask': the dataset has its own masks; give one or the other")
+    sizes = {tuple(image.shape[:2]) for image in images}
+    mask = mask if mask.dim() == 3 else mask[None]
+    if len(sizes) != 1 or tuple(mask.shape[1:]) != next(iter(sizes)) or len(mask) not in (1, len(images)):
+        raise ValueError(f"LoRA Lab: {node}: input 'mask': {len(mask)} mask(s) of {tuple(mask.shape[1:])} pixels "
+                         f"for {len(images)} images of {sorted(sizes)}; give one mask for all images or one per "
+                         "image, of the images' size (with aspect-ratio buckets use the dataset's masks option)")
+    return [m for m in mask.expand(len(images), *mask.shape[1:]).clone()]
 
 
 def _examples(node: str, dataset, images, captions: str):
@@ -298,6 +389,9 @@ class LoRALabSaveLoRA:
                        "kohya: lora_unet_/lora_te_ keys with alpha (ComfyUI, A1111, kohya, diffusers load it). "
                        "diffusers: peft keys (unet.<module>.lora_A.weight) with the peft config in the "
                        "metadata, as diffusers' save_lora_weights writes them."}),
+            "weights": (["ema", "raw"], {"default": "ema", "tooltip":
+                        "A LoRA trained with EMA (Train Config ema_decay): its EMA weights or the raw last "
+                        "weights. Without EMA both are the trained weights."}),
         }}
 
     @classmethod
@@ -306,7 +400,7 @@ class LoRALabSaveLoRA:
 
         return validate_name(filename_prefix)
 
-    def save(self, lora, filename_prefix, layout="kohya"):
+    def save(self, lora, filename_prefix, layout="kohya", weights="ema"):
         from ..core import runtime
         from ..core.files import UnsafePathError, relative_parts, safe_prefix_path, write_numbered
         from ..core.lora_files import compatibility_warning, save_lora_file, to_diffusers
@@ -321,8 +415,13 @@ class LoRALabSaveLoRA:
             folder, stem = safe_prefix_path(root, "/".join(parts), under)
         except UnsafePathError as e:
             raise ValueError(f"LoRA Lab: Save LoRA: input 'filename_prefix': {e}") from None
+        if weights not in ("ema", "raw"):
+            raise ValueError(f"LoRA Lab: Save LoRA: input 'weights' = {weights!r} is not one of ema, raw")
         tensors, metadata = lora.tensors, lora.metadata
-        warning = compatibility_warning(lora.tensors)
+        if lora.raw_tensors is not None:
+            tensors = lora.raw_tensors if weights == "raw" else tensors
+            metadata = {**metadata, "loralab_weights": weights}
+        warning = compatibility_warning(tensors)
         if warning:  # not an error: ComfyUI and newer diffusers load the whole file
             import logging
 
@@ -346,7 +445,8 @@ class LoRALabSaveLoRA:
         row = {"model": f"{lora.base_model} + {lora.name}", "lora": lora.name, "rank": lora.rank, "alpha": lora.alpha,
                "trainable_parameters": lora.trainable_parameters, "train_seconds": lora.seconds,
                "train_peak_memory_mb": lora.peak_memory_mb, "file_size_bytes": size,
-               "layout": layout, "file": path.name, **({"warning": warning} if warning else {})}
+               "layout": layout, "weights": weights if lora.raw_tensors is not None else "trained",
+               "file": path.name, **({"warning": warning} if warning else {})}
         return {"ui": {"text": [str(path)]}, "result": (ScoreTable(("model", "lora"), [row]),)}
 
 

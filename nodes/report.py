@@ -290,7 +290,8 @@ class LoRALabPlotTrainingCurves:
             if not lora.losses:
                 raise ValueError(f"LoRA Lab: Plot Training Curves: input 'lora_{slot}': LoRA {lora.name!r} has no "
                                  "training record (it was loaded from a file); connect Train LoRA's output")
-        picture = training_curves([(x.name, x.losses, x.lrs) for x in loras], smoothing, log_loss)
+        picture = training_curves([(x.name, x.losses, x.lrs, x.val_losses, x.grad_norms) for x in loras],
+                                  smoothing, log_loss)
         image = torch.from_numpy(picture)[None]
         return {"ui": LoRALabPreviewImage().save(image)["ui"], "result": (image,)}
 

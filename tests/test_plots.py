@@ -36,3 +36,15 @@ def test_the_figure_has_one_curve_colour_per_lora_and_the_node_checks_its_inputs
     assert out["ui"]["images"]
     with pytest.raises(ValueError, match="input 'lora_2': LoRA 'y' has no training record"):
         LoRALabPlotTrainingCurves().plot(trained, 0.9, False, lora_2=LabLoRA({}, 4, 4.0, "sd1", name="y"))
+
+
+def test_validation_losses_and_grad_norms_are_drawn():
+    losses = list(np.linspace(1.0, 0.1, 40))
+    plain = training_curves([("a", losses, [1e-4] * 40)], width=600, height=300)
+    validated = training_curves([("a", losses, [1e-4] * 40, [(0, 1.2, float("nan")), (40, 0.3, 0.25)], [])],
+                                width=600, height=300)
+    changed = ~np.isclose(plain, validated, atol=0.02).all(-1)
+    assert changed[:, :300].any(), "the validation markers are on the loss panel"
+    normed = training_curves([("a", losses, [1e-4] * 40, [], list(np.linspace(3, 1, 40)))], width=600, height=300)
+    # a third panel at the right: the layout changes there, and its title is drawn
+    assert (~np.isclose(plain[:, 450:], normed[:, 450:], atol=0.02).all(-1)).sum() > 1000

@@ -334,3 +334,40 @@ def test_cosine_with_restarts_and_polynomial_follow_their_closed_forms(tiny, dat
         progress = (s - warmup) / (steps - warmup)
         assert restarts[s] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * ((2 * progress) % 1.0))))
         assert poly[s] == pytest.approx((lr - 1e-7) * (1 - progress) ** 2 + 1e-7)
+
+
+# --- Nodes ------------------------------------------------------------------------------------------
+
+def test_train_lora_node_with_held_out_set_ema_tensorboard_mask_and_save_lora_weights(tiny, output_dir):
+    from safetensors.torch import load_file
+
+    from loralab.core.datasets import Dataset
+    from loralab.nodes.lora import LoRALabSaveLoRA, LoRALabTrainConfig, LoRALabTrainLoRA
+
+    pytest.importorskip("tensorboard", reason="the tracking extra is part of the test install")
+    g = torch.Generator().manual_seed(4)
+    images, held = torch.rand(3, 32, 32, 3, generator=g), torch.rand(2, 32, 32, 3, generator=g)
+    (spec,) = LoRALabTrainConfig().build(6, 1, 2e-3, "constant", 0, validation_loss_every=3, ema_decay=0.9,
+                                         tensorboard=True, unmasked_weight=0.1)
+    mask = torch.zeros(32, 32)
+    mask[8:24, 8:24] = 1
+    lora, _, cost, _ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "parity", images=images,
+                                                captions="a sks photo", mask=mask,
+                                                validation_dataset=Dataset(held, ["a sks photo"] * 2))
+    (row,) = cost.rows
+    assert [s for s, _, _ in lora.val_losses] == [0, 3, 6] and row["val_loss"] == lora.val_losses[-1][1]
+    assert row["best_val_loss"] == min(v for _, v, _ in lora.val_losses) and "val_loss_ema" in row
+    run = output_dir / "loralab_checkpoints" / "parity"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*")) and (run / "log.csv").is_file()
+    files = {}
+    for weights in ("ema", "raw"):
+        saved = LoRALabSaveLoRA().save(lora, f"parity_{weights}", weights=weights)
+        files[weights] = load_file(saved["ui"]["text"][0])
+        assert saved["result"][0].rows[0]["weights"] == weights
+    assert files["ema"].keys() == files["raw"].keys()
+    assert all(torch.equal(files["ema"][k], lora.tensors[k]) and torch.equal(files["raw"][k], lora.raw_tensors[k])
+               for k in files["ema"])
+    assert any(not torch.equal(files["ema"][k], files["raw"][k]) for k in files["ema"])
+    with pytest.raises(ValueError, match="input 'mask': 1 mask"):
+        LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "parity2", images=images,
+                                 captions="a sks photo", mask=torch.ones(1, 16, 16))
