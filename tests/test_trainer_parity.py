@@ -158,7 +158,6 @@ def test_grad_norm_is_the_global_norm_before_clipping(tiny, data, monkeypatch):
 
 
 def test_tensorboard_event_files_read_back(tiny, data, tmp_path):
-    pytest.importorskip("tensorboard", reason="the tracking extra is part of the test install")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     spec = TrainSpec(steps=4, batch_size=2, lr=1e-3, seed=1, tensorboard=True, validation_loss_every=2,
@@ -344,7 +343,6 @@ def test_train_lora_node_with_held_out_set_ema_tensorboard_mask_and_save_lora_we
     from loralab.core.datasets import Dataset
     from loralab.nodes.lora import LoRALabSaveLoRA, LoRALabTrainConfig, LoRALabTrainLoRA
 
-    pytest.importorskip("tensorboard", reason="the tracking extra is part of the test install")
     g = torch.Generator().manual_seed(4)
     images, held = torch.rand(3, 32, 32, 3, generator=g), torch.rand(2, 32, 32, 3, generator=g)
     (spec,) = LoRALabTrainConfig().build(6, 1, 2e-3, "constant", 0, validation_loss_every=3, ema_decay=0.9,
