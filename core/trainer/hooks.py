@@ -39,8 +39,8 @@ class Hooks:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("tensorboard logging needs the 'tensorboard' package: pip install tensorboard "
-                                 "(or pip install 'loralab[tracking]')") from None
+                raise ValueError("tensorboard logging needs the 'tensorboard' package (a LoRA Lab requirement): "
+                                 "pip install tensorboard") from None
             self.writer = SummaryWriter(str(self.checkpoint_dir / "tensorboard"), purge_step=state.step + 1)
         if self.validation_loss is not None and not state.val_losses:
             self._validation_loss(state, evaluate)
