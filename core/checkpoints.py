@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-CONFIGS = {"sd1": MODELS_DIR / "configs" / "sd15", "sdxl": MODELS_DIR / "configs" / "sdxl"}
+CONFIGS = {"sd1": MODELS_DIR / "configs" / "sd15", "sdxl": MODELS_DIR / "configs" / "sdxl",
+           "sdxl_refiner": MODELS_DIR / "configs" / "sdxl_refiner"}
 TOKENIZER = MODELS_DIR / "tokenizers" / "clip"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -106,8 +107,9 @@ def load_pickle_safely(path: Path) -> dict:
     return state
 
 
-def detect_family(keys: dict[str, tuple[int, ...]], name: str = "checkpoint") -> str:
-    """"sd1" or "sdxl" from the original (LDM) key layout; anything else gets a clear error."""
+def detect_family(keys: dict[str, tuple[int, ...]], name: str = "checkpoint", refiner: bool = False) -> str:
+    """"sd1" or "sdxl" from the original (LDM) key layout, or "sdxl_refiner" when ``refiner`` is
+    allowed; anything else gets a clear error."""
     if any(k in keys for k in V_PRED_KEYS):
         raise ModelError(f"{name} is a v-prediction model; LoRA Lab supports epsilon-prediction SD1.x and "
                          "SDXL checkpoints for now")
@@ -119,6 +121,8 @@ def detect_family(keys: dict[str, tuple[int, ...]], name: str = "checkpoint") ->
     if SDXL_KEY in keys:
         return "sdxl"
     if SDXL_REFINER_KEY in keys:
+        if refiner:
+            return "sdxl_refiner"
         raise ModelError(f"{name} is the SDXL refiner; load the SDXL base model")
     if SD1_KEY in keys:
         return "sd1"
@@ -131,26 +135,36 @@ def _tokenizers(family: str) -> dict:
     from transformers import CLIPTokenizer
 
     tokenizers = {"tokenizer": CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77)}
-    if family == "sdxl":  # SDXL's OpenCLIP-bigG tokenizer pads with "!" (id 0), not <|endoftext|>
+    if family in ("sdxl", "sdxl_refiner"):  # OpenCLIP-bigG's tokenizer pads with "!" (id 0), not <|endoftext|>
         tokenizers["tokenizer_2"] = CLIPTokenizer.from_pretrained(TOKENIZER, model_max_length=77, pad_token="!")
+    if family == "sdxl_refiner":  # the refiner has only the OpenCLIP-bigG encoder
+        tokenizers["tokenizer"] = None
     return tokenizers
 
 
-def load_single_file(path: Path, dtype, config_dir: Path | None = None):
-    """(diffusers pipeline, family) from a single-file checkpoint, offline."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def _pipeline_class(family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    family = detect_family(read_keys(path), f"checkpoint {path.name!r}")
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
-                                         "requires_safety_checker": False}
+    return {"sdxl": StableDiffusionXLPipeline, "sdxl_refiner": StableDiffusionXLImg2ImgPipeline}.get(
+        family, StableDiffusionPipeline)
+
+
+def load_single_file(path: Path, dtype, config_dir: Path | None = None):
+    """(diffusers pipeline, family) from a single-file checkpoint, offline. An SDXL refiner loads as
+    diffusers' refiner pipeline (StableDiffusionXLImg2ImgPipeline, OpenCLIP-bigG encoder only) with
+    the shipped refiner config: family "sdxl_refiner", for Generate's refiner input."""
+    family = detect_family(read_keys(path), f"checkpoint {path.name!r}", refiner=True)
+    cls = _pipeline_class(family)
+    extra = {"sd1": {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False},
+             "sdxl_refiner": {"text_encoder": None}}.get(family, {})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         try:
             pipe = cls.from_single_file(str(path), config=str(config_dir or CONFIGS[family]), local_files_only=True,
                                         torch_dtype=dtype, **_tokenizers(family), **extra)
         except (OSError, KeyError, RuntimeError, ValueError) as e:
-            raise ModelError(f"checkpoint {str(path)!r} could not be loaded as {family.upper()}: {e}") from e
+            raise ModelError(f"checkpoint {str(path)!r} could not be loaded as "
+                             f"{family.upper().replace('_', ' ')}: {e}") from e
     # diffusers leaves weights it found no key for on the meta device instead of failing.
     for name, module in pipe.components.items():
         missing = [k for k, v in getattr(module, "state_dict", dict)().items() if v.is_meta]
@@ -162,6 +176,7 @@ def load_single_file(path: Path, dtype, config_dir: Path | None = None):
 
 def load_diffusers_folder(folder: Path, dtype):
     from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionXLImg2ImgPipeline as RefinerPipeline
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
@@ -171,11 +186,14 @@ def load_diffusers_folder(folder: Path, dtype):
             raise ModelError(f"diffusers folder {str(folder)!r} could not be loaded offline: {e}") from e
     if isinstance(pipe, StableDiffusionXLPipeline):
         family = "sdxl"
+    elif isinstance(pipe, RefinerPipeline) and pipe.config.get("requires_aesthetics_score"):
+        family = "sdxl_refiner"  # stabilityai/stable-diffusion-xl-refiner-1.0's layout
     elif isinstance(pipe, StableDiffusionPipeline):
         family = "sd1"
     else:
         raise ModelError(f"diffusers folder {str(folder)!r} holds a {type(pipe).__name__}; "
-                         "LoRA Lab supports StableDiffusionPipeline and StableDiffusionXLPipeline")
+                         "LoRA Lab supports StableDiffusionPipeline, StableDiffusionXLPipeline and the SDXL "
+                         "refiner (StableDiffusionXLImg2ImgPipeline with requires_aesthetics_score)")
     if pipe.scheduler.config.get("prediction_type") == "v_prediction":
         raise ModelError(f"diffusers folder {str(folder)!r} is a v-prediction model; not supported yet")
     return pipe, family

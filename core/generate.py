@@ -32,6 +32,40 @@ class GenerateSettings:
     cfg_rescale: float | None = None
 
 
+@dataclass(frozen=True)
+class Refiner:
+    """An SDXL refiner finishing the base model's schedule (the ensemble of experts of the SDXL
+    paper, diffusers' ``denoising_end`` / ``denoising_start``): the base denoises the steps down to
+    training timestep ``round(T·(1 − fraction))``, the refiner the rest from the base's latent, and
+    the refiner's VAE decodes. ``fraction`` 1 runs the base alone. The aesthetic scores are the
+    refiner's extra conditioning (diffusers' defaults 6 and 2.5)."""
+
+    pipeline: LabPipeline
+    fraction: float = 0.8
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+
+    def cutoff(self, train_timesteps: int) -> int:
+        # diffusers' discrete_timestep_cutoff, the same float expression
+        return int(round(train_timesteps - self.fraction * train_timesteps))
+
+
+def refiner_problem(base: LabPipeline, refiner: LabPipeline, width: int, height: int) -> str | None:
+    """Why ``refiner`` cannot finish ``base``'s images at this size (None when it can)."""
+    if refiner.family != "sdxl_refiner":
+        return (f"'{refiner.name}' is not an SDXL refiner (it is {refiner.family}); load an SDXL refiner "
+                "(sd_xl_refiner_1.0.safetensors, a diffusers refiner folder or 'embedded: tiny-sdxl-refiner')")
+    if base.family != "sdxl":
+        return (f"the refiner finishes SDXL base images, but the pipeline '{base.name}' is {base.family}; "
+                "use an SDXL base model")
+    b, r = base.base, refiner.base
+    if (b.unet.config.out_channels, b.vae_scale_factor) != (r.unet.config.in_channels, r.vae_scale_factor):
+        return (f"'{refiner.name}' works on {r.unet.config.in_channels}-channel latents at 1/{r.vae_scale_factor} "
+                f"size, the base '{base.name}' makes {b.unet.config.out_channels}-channel latents at "
+                f"1/{b.vae_scale_factor} size; use a refiner of the same latent space")
+    return refiner.size_problem(width, height)
+
+
 def cfg_rescale_for(s: GenerateSettings, scheduler_config) -> float:
     if s.cfg_rescale is not None:
         if not 0.0 <= s.cfg_rescale <= 1.0:
@@ -53,21 +87,30 @@ def to_comfy_images(images: torch.Tensor) -> torch.Tensor:
 
 
 def unet_model(lp: LabPipeline, prompts: list[str], negative: str, cfg: float, batch: int, width: int,
-               height: int):
+               height: int, aesthetic: tuple[float, float] = (6.0, 2.5)):
     """``model(x_in, t)`` -> the UNet's outputs for [cond] or [cond, uncond], ``batch`` images of each
     prompt (prompt-major, as diffusers' ``num_images_per_prompt``). The unconditional pass is
-    skipped only at cfg 1, where it cannot change the result (ComfyUI's rule)."""
+    skipped only at cfg 1, where it cannot change the result (ComfyUI's rule). An SDXL refiner is
+    conditioned as diffusers' refiner pipeline does it: its one text encoder, and time ids of
+    size, crop and ``aesthetic`` score (positive, negative)."""
     pipe, guided = lp.pipe, cfg != 1.0
     negative = [negative] * len(prompts) if negative else None
     added = {}
-    if lp.family == "sdxl":
+    if lp.family in ("sdxl", "sdxl_refiner"):
         cond, uncond, pooled, uncond_pooled = pipe.encode_prompt(
             prompts, device=lp.device, num_images_per_prompt=batch, do_classifier_free_guidance=guided,
             negative_prompt=negative)
-        time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=cond.dtype,
-                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)
+        projection = pipe.text_encoder_2.config.projection_dim
+        if lp.family == "sdxl":
+            time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=cond.dtype,
+                                              text_encoder_projection_dim=projection)
+            time_ids = [time_ids] * 2
+        else:
+            time_ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), *aesthetic, (height, width),
+                                              (0, 0), (height, width), dtype=cond.dtype,
+                                              text_encoder_projection_dim=projection)
         pooled = [pooled, uncond_pooled] if guided else [pooled]
-        time_ids = time_ids.to(lp.device).repeat(len(pooled) * len(cond), 1)
+        time_ids = torch.cat([ids.to(lp.device).repeat(len(cond), 1) for ids in time_ids[:len(pooled)]])
         added = {"text_embeds": torch.cat(pooled), "time_ids": time_ids}
     else:
         cond, uncond = pipe.encode_prompt(prompts, lp.device, batch, guided, negative)
@@ -75,10 +118,10 @@ def unet_model(lp: LabPipeline, prompts: list[str], negative: str, cfg: float, b
     chunks = 2 if guided else 1
 
     def model(x_in, t):
-        x = torch.cat([x_in] * chunks).to(lp.dtype)
+        x = torch.cat([x_in] * chunks).to(lp.device, lp.dtype)  # a refiner may live on another device
         out = pipe.unet(x, t.float().to(lp.device), encoder_hidden_states=context,
                         added_cond_kwargs=added or None, return_dict=False)[0]
-        return out.chunk(chunks)
+        return out.to(x_in.device).chunk(chunks)
     return model
 
 
@@ -120,11 +163,12 @@ def encode(lp: LabPipeline, images: torch.Tensor) -> torch.Tensor:
 
 
 def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: GenerateSettings,
-            start_for, extra_columns: dict) -> tuple[torch.Tensor, ScoreTable]:
+            start_for, extra_columns: dict, refiner: Refiner | None = None) -> tuple[torch.Tensor, ScoreTable]:
     """The loop shared by text-to-image and image-to-image: ``s.prompts_per_batch`` prompts per
     batch, per-image seeds, progress, cost rows (a batch's time split evenly over its images).
     ``start_for(index)`` gives prompt ``index``'s keyword arguments for :func:`ksampling.sample`
-    (latent, strength, mask), each latent and mask one row."""
+    (latent, strength, mask), each latent and mask one row. A ``refiner`` takes over from the
+    base at its cutoff and decodes."""
     from .ksampling import cfg_denoiser, sample
     from .samplers import noise_levels
 
@@ -133,6 +177,19 @@ def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
     seeds = image_seeds(s.seed, s.images_per_prompt)
     levels = noise_levels(lp.pipe.scheduler.config)
     rescale = cfg_rescale_for(s, lp.pipe.scheduler.config)
+    if refiner is not None:
+        if problem := refiner_problem(lp, refiner.pipeline, s.width, s.height):
+            raise ValueError(problem)
+        if not 0 <= refiner.fraction <= 1:
+            raise ValueError(f"refine fraction {refiner.fraction} is not in [0, 1]")
+        if refiner.fraction == 1:
+            refiner = None  # the base runs every step: exactly the base alone
+    if refiner is not None:
+        refined = refiner.pipeline
+        refiner_levels = noise_levels(refined.pipe.scheduler.config)
+        refiner_rescale = cfg_rescale_for(s, refined.pipe.scheduler.config)
+        extra_columns = {**extra_columns, "refiner": refined.name, "refine_fraction": refiner.fraction}
+    decoder = refiner.pipeline if refiner is not None else lp
     table = ScoreTable(SCORE_KEYS)
     batches = []
     f = lp.pipe.vae_scale_factor
@@ -147,14 +204,21 @@ def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
         for group in groups:
             check_interrupted()
             images = len(group) * len(seeds)
-            lp.prepare_vae(s.width, s.height, images)
+            decoder.prepare_vae(s.width, s.height, images)
             with measure(lp.device) as cost:
-                model = unet_model(lp, [prompts[i].text for i in group], s.negative_prompt, s.cfg, len(seeds),
-                                   s.width, s.height)
-                start = _stack([start_for(i) for i in group], len(seeds))
+                texts = [prompts[i].text for i in group]
+                model = unet_model(lp, texts, s.negative_prompt, s.cfg, len(seeds), s.width, s.height)
+                if refiner is not None:
+                    refiner_model = unet_model(refined, texts, s.negative_prompt, s.cfg, len(seeds), s.width,
+                                               s.height, (refiner.aesthetic_score, refiner.negative_aesthetic_score))
+                    start = {"handoff": (refiner.cutoff(len(levels.sigmas)),
+                                         cfg_denoiser(refiner_levels, refiner_model, s.cfg, refiner_rescale))}
+                else:
+                    start = {}
+                start.update(_stack([start_for(i) for i in group], len(seeds)))
                 latents = sample(sampler, cfg_denoiser(levels, model, s.cfg, rescale), levels, s.steps, seeds, shape,
                                  lp.device, on_step, prompts=len(group), **start)
-                batches.append(to_comfy_images(decode(lp, latents)))
+                batches.append(to_comfy_images(decode(decoder, latents.to(decoder.device))))
             for i in group:
                 for x in seeds:
                     table.rows.append({
@@ -178,11 +242,12 @@ def _stack(starts: list[dict], per_prompt: int) -> dict:
 
 
 def generate(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt],
-             s: GenerateSettings) -> tuple[torch.Tensor, ScoreTable]:
+             s: GenerateSettings, refiner: Refiner | None = None) -> tuple[torch.Tensor, ScoreTable]:
     """Text to image, as ComfyUI's KSampler from an empty latent. Returns ComfyUI images
     (prompt-major order) and a table with one row per image: its keys, the seconds per image and
-    the peak memory of its batch."""
-    return _render(lp, sampler, prompts, s, lambda i: {}, {})
+    the peak memory of its batch. With a :class:`Refiner` (SDXL base + refiner), the refiner
+    finishes the schedule from ``refiner.fraction``; the rows then name it and the fraction."""
+    return _render(lp, sampler, prompts, s, lambda i: {}, {}, refiner)
 
 
 def img2img(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: GenerateSettings,

@@ -250,14 +250,27 @@ def inpaint_denoiser(denoise: Denoise, latent, noise, mask) -> Denoise:
     return masked
 
 
+def handoff_step(levels: NoiseLevels, sigmas: torch.Tensor, cutoff: int) -> int:
+    """How many steps the first model runs before a second one takes over at training timestep
+    ``cutoff``: the steps whose UNet timestep is ``>= cutoff`` (diffusers' ``denoising_end``)."""
+    return int((levels.timestep(sigmas[:-1]) >= cutoff).sum())
+
+
 def sample(spec: SamplerSpec, denoise: Denoise, levels: NoiseLevels, steps: int, seeds: list[int],
            shape: tuple, device: torch.device, on_step: Callable = lambda: None, latent=None,
-           strength: float = 1.0, mask=None, prompts: int = 1) -> torch.Tensor:
+           strength: float = 1.0, mask=None, prompts: int = 1,
+           handoff: tuple[int, Denoise] | None = None) -> torch.Tensor:
     """KSampler: ``latent`` (zeros: text to image) plus noise ε scaled to the first sigma, then the
     sampler over the schedule's sigmas. ``prompts`` prompts share the batch, each drawing the
     noise it would draw alone. A schedule that starts at the model's top noise level
     starts from √(1 + σ_max²)·ε, the VE latent there for unit-variance data (``max_denoise``).
-    ``mask`` (1 = repaint, any size) keeps the rest of ``latent``."""
+    ``mask`` (1 = repaint, any size) keeps the rest of ``latent``.
+
+    ``handoff`` = (timestep cutoff, second denoiser): an ensemble of experts (SDXL base + refiner).
+    ``denoise`` runs the steps at timesteps ``>= cutoff``, the second denoiser the rest, on the
+    same sigmas from the latent left there. Each part is its own sampler run, as two ComfyUI
+    KSamplerAdvanced nodes with the same seed (leftover noise returned, no noise added): a
+    multistep sampler's history restarts and the step noise is drawn afresh for the second part."""
     sigmas = sigmas_for(spec, levels, steps, strength).to(device)
     streams = noise_streams(spec, seeds, shape) * prompts
     noise = initial_noise(streams).to(device)
@@ -270,8 +283,17 @@ def sample(spec: SamplerSpec, denoise: Denoise, levels: NoiseLevels, steps: int,
             if spec.name == "ddim" else noise
         mask = torch.nn.functional.interpolate(mask.float().reshape(-1, 1, *mask.shape[-2:]), size=shape[-2:],
                                                mode="bilinear").to(device)
-        denoise = inpaint_denoiser(denoise, latent, kept, mask)
-    step_noise = {"gaussian": lambda: gaussian_step_noise(streams, device),
-                  "brownian": lambda: brownian_step_noise(streams, sigmas, device)}.get(
-        SAMPLERS[spec.name][0], lambda: None)()
-    return SAMPLER_FUNCTIONS[spec.name](denoise, x, sigmas, step_noise, spec.eta, on_step)
+    parts = [(denoise, sigmas)]
+    if handoff is not None:
+        k = handoff_step(levels, sigmas, handoff[0])
+        parts = [(denoise, sigmas[:k + 1]), (handoff[1], sigmas[k:])]
+    for part_denoise, part in parts:
+        if len(part) < 2:
+            continue
+        if mask is not None:
+            part_denoise = inpaint_denoiser(part_denoise, latent, kept, mask)
+        kind = SAMPLERS[spec.name][0]
+        step_noise = (gaussian_step_noise(streams, device) if kind == "gaussian" else
+                      brownian_step_noise(streams, part, device) if kind == "brownian" else None)
+        x = SAMPLER_FUNCTIONS[spec.name](part_denoise, x, part, step_noise, spec.eta, on_step)
+    return x

@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 WORLD_DIR = MODELS_DIR / "world"
 # The world's models share one VAE and the CLIP tokenizer (models/build_world.py trains them).
 EMBEDDED = {"embedded: world-student": WORLD_DIR / "student", "embedded: world-teacher": WORLD_DIR / "teacher",
-            "embedded: tiny-sd": MODELS_DIR / "tiny-sd"}
+            "embedded: tiny-sd": MODELS_DIR / "tiny-sd",
+            "embedded: tiny-sdxl-refiner": MODELS_DIR / "tiny-sdxl-refiner"}
+# Random-weight SDXL refiner (models/build_tiny.py) on the world's VAE, so it continues world-teacher's latents.
+WORLD_VAE_MODELS = {"embedded: world-student", "embedded: world-teacher", "embedded: tiny-sdxl-refiner"}
 DEFAULT_MODEL = "embedded: world-student"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -40,7 +43,7 @@ class LabPipeline:
 
     base: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline, shared between views
     name: str
-    family: str  # "sd1" or "sdxl"
+    family: str  # "sd1", "sdxl" or "sdxl_refiner" (only Generate's refiner input and Img2Img take a refiner)
     vae_mode: str = "auto"
     loras: list = field(default_factory=list)
     schedule_from: str = ""  # the applied LoRA whose training schedule the scheduler follows, if any
@@ -130,7 +133,7 @@ def model_signature(name: str) -> str:
     if path is None:
         return name
     files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
-    if path.parent == WORLD_DIR:
+    if name in WORLD_VAE_MODELS:
         files += sorted((WORLD_DIR / "vae").glob("*.safetensors"))
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.exists())
 
@@ -203,7 +206,7 @@ def _load(name: str, dtype):
 
     from .checkpoints import load_diffusers_folder, load_single_file
 
-    if name in EMBEDDED and EMBEDDED[name].parent == WORLD_DIR:
+    if name in WORLD_VAE_MODELS:
         return _load_world(EMBEDDED[name], dtype)
     if name in EMBEDDED:
         with warnings.catch_warnings():
@@ -224,19 +227,20 @@ def _load(name: str, dtype):
 
 
 def _load_world(folder, dtype):
-    """A world model: its own UNet, text encoder(s) and scheduler, plus the shared world VAE and the
-    CLIP tokenizer(s) (fp16 files, loaded in ``dtype``)."""
+    """A world model (or the tiny refiner): its own UNet, text encoder(s) and scheduler, plus the
+    shared world VAE and the CLIP tokenizer(s) (fp16 files, loaded in ``dtype``)."""
     from diffusers import AutoencoderKL, DiffusionPipeline
 
     from .checkpoints import _tokenizers
 
     index = json.loads((folder / "model_index.json").read_text())
-    family = "sdxl" if index["_class_name"] == "StableDiffusionXLPipeline" else "sd1"
+    family = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl_refiner"}.get(
+        index["_class_name"], "sd1")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         vae = AutoencoderKL.from_pretrained(WORLD_DIR / "vae", torch_dtype=dtype, local_files_only=True)
-        extra = {} if family == "sdxl" else {"safety_checker": None, "feature_extractor": None,
-                                             "requires_safety_checker": False}
+        extra = {} if family != "sd1" else {"safety_checker": None, "feature_extractor": None,
+                                            "requires_safety_checker": False}
         pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, vae=vae,
                                                  **_tokenizers(family), **extra)
     return pipe, family

@@ -7,10 +7,16 @@ and this script reproduces them:
 
     python models/build_tiny.py          # rewrites models/tiny-sd/
     python models/build_tiny.py clip     # rewrites models/tiny-clip/
+    python models/build_tiny.py refiner  # rewrites models/tiny-sdxl-refiner/
 
 ``tiny-clip`` is a tiny random CLIP (text and vision towers) for the CLIP metrics, so workflows
 that score with CLIP run on a fresh machine ("embedded: tiny-clip"); like the tiny model's images,
 its scores only show that the graph runs.
+
+``tiny-sdxl-refiner`` is a random SDXL refiner: the shipped full-size refiner config
+(models/configs/sdxl_refiner, stabilityai/stable-diffusion-xl-refiner-1.0's) with only the widths
+shrunk, so every parameter name of the real refiner exists. It shares the world's VAE (as the
+world models do), so it continues the latents of 'embedded: world-teacher' (Generate's refiner).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel
 
 OUT = Path(__file__).parent / "tiny-sd"
 CLIP_OUT = Path(__file__).parent / "tiny-clip"
+REFINER_OUT = Path(__file__).parent / "tiny-sdxl-refiner"
+REFINER_CONFIG = Path(__file__).parent / "configs" / "sdxl_refiner"
 SEED = 20261122
 TOKENIZER = Path(__file__).parent / "tokenizers" / "clip"
 
@@ -99,7 +107,48 @@ def build_clip(out: Path = CLIP_OUT) -> int:
     return count
 
 
+# Width-only changes to the real refiner's configs; depths, block types and the conditioning
+# layout (addition_time_embed_dim 256, 5 time ids incl. the aesthetic score) stay as shipped.
+# The widths keep the real ratios (1:2:4:4), so the same resnets carry a shortcut convolution.
+REFINER_TEXT = dict(hidden_size=16, intermediate_size=64, num_attention_heads=2, projection_dim=16)
+REFINER_UNET = dict(block_out_channels=[8, 16, 32, 32], attention_head_dim=[1, 2, 4, 4], norm_num_groups=8,
+                    cross_attention_dim=16, sample_size=16)  # 64 px on the world VAE (4x)
+
+
+def refiner_configs(config_dir: Path = REFINER_CONFIG) -> tuple[dict, dict]:
+    """(unet config, text_encoder_2 config) of the tiny refiner: the real ones, narrower."""
+    text = {**json.loads((config_dir / "text_encoder_2" / "config.json").read_text()), **REFINER_TEXT}
+    unet = {**UNet2DConditionModel.load_config(config_dir / "unet"), **REFINER_UNET}
+    # the pooled text embedding plus 5 time ids (original size, crop, aesthetic score) of 256 each
+    unet["projection_class_embeddings_input_dim"] = text["projection_dim"] + 5 * unet["addition_time_embed_dim"]
+    return unet, text
+
+
+def build_refiner(out: Path = REFINER_OUT) -> dict[str, int]:
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(SEED + 2)
+    unet_config, text_config = refiner_configs()
+    unet = UNet2DConditionModel.from_config(unet_config)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
+    # fp16 on disk like the world models (loaded in the asked dtype)
+    unet.to(torch.float16).save_pretrained(out / "unet")
+    text_encoder_2.to(torch.float16).save_pretrained(out / "text_encoder_2")
+    EulerDiscreteScheduler.from_pretrained(REFINER_CONFIG / "scheduler").save_pretrained(out / "scheduler")
+    index = json.loads((REFINER_CONFIG / "model_index.json").read_text())
+    (out / "model_index.json").write_text(json.dumps({**index, "_diffusers_version": diffusers.__version__},
+                                                     indent=2) + "\n")
+    counts = {name: sum(p.numel() for p in m.parameters())
+              for name, m in (("unet", unet), ("text_encoder_2", text_encoder_2))}
+    (out / "README.md").write_text(
+        f"Embedded tiny SDXL refiner made by models/build_tiny.py (seed {SEED + 2}), random weights.\n"
+        "The real refiner's architecture and parameter names (models/configs/sdxl_refiner) at small widths;\n"
+        f"the world's VAE (models/world/vae) and the CLIP tokenizer are loaded with it. Parameters: {counts}.\n")
+    return counts
+
+
 if __name__ == "__main__":
     import sys
 
-    print(build_clip() if sys.argv[1:] == ["clip"] else build())
+    builders = {"clip": build_clip, "refiner": build_refiner}
+    print(builders[sys.argv[1]]() if sys.argv[1:] else build())

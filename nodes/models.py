@@ -7,7 +7,7 @@ class LoRALabLoadPipeline:
     DESCRIPTION = ("Load a Stable Diffusion 1.x or SDXL pipeline (UNet, VAE, text encoders, tokenizers) "
                    "for LoRA Lab's generate and train nodes, offline: the embedded tiny model, "
                    "single-file checkpoints (.safetensors; .ckpt only if it loads without code) "
-                   "or diffusers folders.")
+                   "or diffusers folders. An SDXL refiner loads too, for Generate's 'refiner' input (or Img2Img).")
     CATEGORY = "LoRA Lab/models"
     RETURN_TYPES = ("LL_PIPELINE",)
     RETURN_NAMES = ("pipeline",)
@@ -20,7 +20,8 @@ class LoRALabLoadPipeline:
             "model": (model_choices(), {"tooltip": "Shipped with LoRA Lab, trained on the procedural world "
                                         "(64 px shapes): 'embedded: world-student' (SD1.5 architecture) and "
                                         "'embedded: world-teacher' (SDXL architecture); 'embedded: tiny-sd' "
-                                        "has random weights (fast tests). Inside ComfyUI: your "
+                                        "has random weights (fast tests), as has 'embedded: tiny-sdxl-refiner' "
+                                        "(an SDXL refiner for world-teacher). Inside ComfyUI: your "
                                         "models/checkpoints files. Headless: <models-dir>/checkpoints files "
                                         "and diffusers folders under --models-dir (default ./models)."}),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Weight precision. auto = fp16 "

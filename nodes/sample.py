@@ -72,6 +72,15 @@ PROMPTS_PER_BATCH = ("INT", {"default": 1, "min": 1, "max": 256, "tooltip":
                      "splits each batch's time evenly over its images."})
 
 
+REFINE_FRACTION = ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01, "round": 0.001, "tooltip":
+                   "With a refiner: the fraction of the noise schedule the base model denoises before the "
+                   "refiner finishes (diffusers' denoising_end / denoising_start, the SDXL paper's ensemble "
+                   "of experts). The base runs the steps at training timesteps >= 1000 x (1 - fraction), "
+                   "the refiner the rest from the base's latent, and the refiner's VAE decodes. "
+                   "0.8 = the refiner does the last 20% (timesteps below 200, where it was trained); "
+                   "1.0 = the base alone; 0 = the refiner alone. Ignored without a refiner."})
+
+
 CFG_RESCALE = ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05, "round": 0.01, "tooltip":
                "Rescaled CFG's phi (Lin et al. 2023; ComfyUI's RescaleCFG multiplier; diffusers' "
                "guidance_rescale): 0 = plain CFG. -1 = auto: 0.7 when the model or an applied LoRA "
@@ -114,18 +123,38 @@ class LoRALabGenerate:
                                                   "0 = the model's native size."}),
             "images_per_prompt": ("INT", {"default": 1, "min": 1, "max": 64,
                                           "tooltip": "Images per prompt, generated as one batch."}),
-        }, "optional": {"prompts_per_batch": PROMPTS_PER_BATCH, "cfg_rescale": CFG_RESCALE}}
+        }, "optional": {"prompts_per_batch": PROMPTS_PER_BATCH, "cfg_rescale": CFG_RESCALE,
+                        "refiner": ("LL_PIPELINE", {"tooltip":
+                                    "Optional SDXL refiner (Load Pipeline: sd_xl_refiner_1.0, a diffusers "
+                                    "refiner folder, or 'embedded: tiny-sdxl-refiner' for world-teacher) that "
+                                    "finishes the SDXL base's images from refine_fraction, conditioned on "
+                                    "aesthetic score 6 (negative 2.5) as in diffusers."}),
+                        "refine_fraction": REFINE_FRACTION}}
 
     def generate(self, pipeline, sampler, prompts, negative_prompt, steps, cfg, seed, width,
-                 height, images_per_prompt, prompts_per_batch=1, cfg_rescale=-1.0):
-        from ..core.generate import GenerateSettings, generate
+                 height, images_per_prompt, prompts_per_batch=1, cfg_rescale=-1.0, refiner=None,
+                 refine_fraction=0.8):
+        from ..core.generate import GenerateSettings, Refiner, generate, refiner_problem
 
+        if pipeline.family == "sdxl_refiner":
+            raise ValueError(f"LoRA Lab: Generate: input 'pipeline': '{pipeline.name}' is an SDXL refiner, which "
+                             "finishes a base model's images; connect an SDXL base model here and the refiner to "
+                             "'refiner' (or refine existing images with Img2Img)")
         width, height = width or pipeline.native_size, height or pipeline.native_size
         if problem := pipeline.size_problem(width, height):
             raise ValueError(f"LoRA Lab: Generate: inputs 'width'/'height': {problem}")
+        if refiner is not None:
+            if not 0 <= refine_fraction <= 1:
+                raise ValueError(f"LoRA Lab: Generate: input 'refine_fraction': {refine_fraction} is not in 0..1")
+            if refiner.family == "sdxl_refiner" and pipeline.family != "sdxl":
+                raise ValueError(f"LoRA Lab: Generate: input 'pipeline': '{pipeline.name}' is {pipeline.family}, but "
+                                 "the connected refiner finishes SDXL base images; use an SDXL base model")
+            if problem := refiner_problem(pipeline, refiner, width, height):
+                raise ValueError(f"LoRA Lab: Generate: input 'refiner': {problem}")
         settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt,
                                     prompts_per_batch, None if cfg_rescale < 0 else cfg_rescale)
-        return generate(pipeline, sampler, prompts, settings)
+        return generate(pipeline, sampler, prompts, settings,
+                        None if refiner is None else Refiner(refiner, refine_fraction))
 
 
 class LoRALabImg2Img:
@@ -160,6 +189,7 @@ class LoRALabImg2Img:
 
     def img2img(self, pipeline, sampler, prompts, image, strength, negative_prompt, steps, cfg, seed,
                 images_per_prompt, mask=None, prompts_per_batch=1, cfg_rescale=-1.0):
+        # An SDXL refiner is welcome here: refining given images at a low strength is its own use.
         from ..core.generate import GenerateSettings, img2img
 
         height, width = image.shape[1:3]
