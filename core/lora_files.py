@@ -4,6 +4,10 @@ UNet:  ``lora_unet_<diffusers module path, . -> _>.lora_down.weight / .lora_up.w
 SD1 text encoder: ``lora_te_text_model_encoder_layers_<i>_self_attn_q_proj…``; SDXL: ``lora_te1_``,
 ``lora_te2_``. transformers 5's CLIPTextModel has no ``text_model.`` level in its module paths;
 ComfyUI only matches keys with it, so we add it back (REFERENCES.md).
+LoHa/LoKr (LyCORIS) modules use the same module names with their factors as LyCORIS, ComfyUI
+(comfy/weight_adapter/loha.py, lokr.py) and peft name them: ``.hada_w1_a``, ``.hada_w1_b``,
+``.hada_w2_a``, ``.hada_w2_b`` (``.hada_t1``, ``.hada_t2``), ``.lokr_w1`` or ``.lokr_w1_a/_b``,
+``.lokr_w2`` or ``.lokr_w2_a/_b`` (``.lokr_t2``), and ``.alpha``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,19 @@ _PEFT_PARTS = ((".lora_A.weight", "down"), (".lora_B.weight", "up"),
                (".lora_magnitude_vector.weight", "magnitude"), (".lora_magnitude_vector", "magnitude"))
 
 
+# LyCORIS factors, named alike by peft (after the adapter name), LyCORIS and ComfyUI.
+LOHA_PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
+LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+LYCORIS_PARTS = LOHA_PARTS + LOKR_PARTS
+# A ΔW that Blend LoRAs forms without a model to check it against: SD1/SDXL's largest weight is a
+# 1280×1280×3×3 convolution (14.7 M values); a file claiming more is refused before any multiply.
+MAX_BLEND_DELTA = 2**25
+
+
 def _modules(peft_state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in peft_state.items():
-        for part, name in _PEFT_PARTS:
+        for part, name in _PEFT_PARTS + tuple(("." + p, p) for p in LYCORIS_PARTS):
             if key.endswith(part):
                 grouped.setdefault(key[: -len(part)], {})[name] = value
                 break
@@ -40,12 +53,18 @@ def kohya_name(module: str, prefix: str) -> str:
     return f"{prefix}_{module.replace('.', '_')}"
 
 
-def to_kohya(peft_state: dict[str, torch.Tensor], alpha: float, prefix: str = "lora_unet") -> dict[str, torch.Tensor]:
+def to_kohya(peft_state: dict[str, torch.Tensor], alpha: float, prefix: str = "lora_unet",
+             rank: int | None = None) -> dict[str, torch.Tensor]:
     """peft ``<module>.lora_A/B.weight`` tensors -> kohya keys. ``alpha`` is the effective one, so
     that alpha/rank is the trained scale (for rsLoRA pass α·√r). A DoRA magnitude becomes
-    ``.dora_scale`` shaped ``[out, 1, …]`` (the LyCORIS/ComfyUI output-axis convention)."""
+    ``.dora_scale`` shaped ``[out, 1, …]`` (the LyCORIS/ComfyUI output-axis convention). peft LoHa/LoKr
+    factors (``<module>.hada_w1_a`` …) keep their names (LyCORIS layout, :func:`_lycoris_tensors`);
+    LoKr needs ``rank`` (the trained r) where a module's factors are both full."""
     out = {}
     for module, parts in _modules(peft_state).items():
+        if any(p in LYCORIS_PARTS for p in parts):
+            out.update(_lycoris_tensors(kohya_name(module, prefix), parts, alpha, rank))
+            continue
         if not {"down", "up"} <= set(parts):
             raise ValueError(f"LoRA weights for {module!r} lack lora_A or lora_B")
         name = kohya_name(module, prefix)
@@ -55,6 +74,33 @@ def to_kohya(peft_state: dict[str, torch.Tensor], alpha: float, prefix: str = "l
         if "magnitude" in parts:
             shape = (-1,) + (1,) * (parts["down"].ndim - 1)
             out[f"{name}.dora_scale"] = parts["magnitude"].reshape(shape).contiguous()
+    return out
+
+
+def _lycoris_tensors(name: str, parts: dict[str, torch.Tensor], alpha: float, rank: int | None):
+    """A LoHa/LoKr module's file tensors. Scales: peft multiplies every LoHa/LoKr ΔW by alpha/r;
+    ComfyUI (0.8) and LyCORIS by alpha/(factor rank) (LoHa: ``hada_w1_b.shape[0]``; LoKr: the rank of
+    its decomposed factor, ``lokr_w1_b``/``lokr_w2_b.shape[0]``), which is r — except a LoKr module whose
+    two Kronecker factors are both full: those loaders then ignore alpha and use 1. There alpha/r is
+    folded into ``lokr_w1`` and alpha written as r (LyCORIS' own convention), so every loader merges
+    what peft trained. A Tucker LoKr factor (``lokr_t2``) is written as the full ``lokr_w2`` it builds."""
+    unknown = [p for p in parts if p not in LYCORIS_PARTS]
+    if unknown:
+        raise ValueError(f"LoRA module {name!r} mixes LoHa/LoKr factors with {unknown[0]!r}")
+    if "lokr_t2" in parts:
+        # ComfyUI 0.8 cannot apply a Tucker LoKr factor (torch.kron of its non-contiguous einsum fails, the
+        # module is skipped with a logged error): write that factor whole, [b, d, kh, kw] (small: b·d ≈ √(out·in)).
+        check_lora_shapes({f"{name}.{p}": v for p, v in parts.items()})
+        w2 = torch.einsum("ijkl,jr,ip->prkl", parts["lokr_t2"], parts["lokr_w2_b"], parts["lokr_w2_a"])
+        parts = {**{p: v for p, v in parts.items() if not p.startswith(("lokr_t2", "lokr_w2"))}, "lokr_w2": w2}
+    out = {f"{name}.{p}": v.detach().contiguous() for p, v in parts.items()}
+    if "lokr_w1" in parts and "lokr_w2" in parts:
+        if rank is None:
+            raise ValueError(f"LoKr module {name!r} has two full factors (no rank in the file): its rank is needed")
+        out[f"{name}.lokr_w1"] = (parts["lokr_w1"].detach() * (alpha / rank)).contiguous()
+        alpha = float(rank)
+    out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    check_lora_shapes(out)
     return out
 
 
@@ -80,11 +126,16 @@ def compatibility_warning(kohya: dict[str, torch.Tensor]) -> str | None:
             "the same everywhere.")
 
 
-def kohya_metadata(rank: int, alpha: float, family: str, extra: dict | None = None) -> dict[str, str]:
-    """kohya's ``ss_*`` keys (strings, as safetensors metadata must be) plus our own settings."""
-    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
+def kohya_metadata(rank: int, alpha: float, family: str, extra: dict | None = None,
+                   variant: str = "lora") -> dict[str, str]:
+    """kohya's ``ss_*`` keys (strings, as safetensors metadata must be) plus our own settings. A LoHa/LoKr
+    file says so as kohya + LyCORIS do: module ``lycoris.kohya``, ``ss_network_args`` ``{"algo": …}``."""
+    module = "lycoris.kohya" if variant in ("loha", "lokr") else "networks.lora"
+    meta = {"ss_network_module": module, "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
             "ss_base_model_version": BASE_MODEL_VERSION.get(family, family), "ss_v2": "False",
             "ss_sd_model_name": "", "loralab_version": "0.1.0"}
+    if variant in ("loha", "lokr"):
+        meta["ss_network_args"] = json.dumps({"algo": variant})
     for key, value in (extra or {}).items():
         meta[key] = value if isinstance(value, str) else json.dumps(value, default=str)
     return meta
@@ -139,11 +190,12 @@ def save_lora_file(tensors: dict[str, torch.Tensor], metadata: dict[str, str], p
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-_KOHYA_PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale")
+_KOHYA_PARTS = (".lora_down.weight", ".lora_up.weight", ".alpha", ".dora_scale", *("." + p for p in LYCORIS_PARTS))
 
 
 def _kohya_modules(kohya: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """module name -> {".lora_down.weight": tensor, ".lora_up.weight": …, ".alpha": …, ".dora_scale": …}."""
+    """module name -> {".lora_down.weight": tensor, ".lora_up.weight": …, ".alpha": …, ".dora_scale": …,
+    ".hada_w1_a": … (LoHa/LoKr factors)}."""
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in kohya.items():
         for part in _KOHYA_PARTS:
@@ -159,13 +211,115 @@ def _without_1x1(shape) -> tuple:
     return shape[:2] if len(shape) == 4 and shape[2:] == (1, 1) else shape
 
 
+def _is_lycoris(parts: dict[str, torch.Tensor]) -> bool:
+    return any(part[1:] in LYCORIS_PARTS for part in parts)
+
+
+def lycoris_layout(name: str, parts: dict[str, torch.Tensor]) -> tuple[tuple[int, ...], int | None]:
+    """A LoHa/LoKr module's (ΔW shape as its factors build it, the rank alpha is divided by or None),
+    from the shapes alone, or a ValueError naming the key. ``parts`` as :func:`_kohya_modules` groups
+    them. The rank is ComfyUI's (0.8): LoHa ``hada_w1_b.shape[0]``; LoKr the decomposed factor's
+    ``lokr_w2_b`` (else ``lokr_w1_b``) ``.shape[0]``, None when both factors are full (scale 1)."""
+
+    def get(part):
+        return parts.get("." + part)
+
+    def refuse(part, needed):
+        raise ValueError(f"key {name + '.' + part!r} has shape {list(get(part).shape)}; {needed}")
+
+    def need(*names):
+        missing = [n for n in names if get(n) is None]
+        if missing:
+            raise ValueError(f"LoRA module {name!r} has {', '.join(p[1:] for p in parts if p != '.alpha')} "
+                             f"but no {missing[0]}")
+
+    def matrix(*names):
+        for part in names:
+            if get(part).ndim != 2:
+                refuse(part, "a factor here is a matrix")
+
+    def pair(a, b):  # ΔW factor a @ b
+        need(a, b)
+        matrix(a, b)
+        if get(a).shape[1] != get(b).shape[0]:
+            refuse(b, f"its rows must equal {a}'s columns ({get(a).shape[1]})")
+        return (get(a).shape[0], get(b).shape[1]), get(b).shape[0]
+
+    def tucker(t, a, b):  # einsum("i j k l, j r, i p -> p r k l", t, b, a), as peft, LyCORIS and ComfyUI
+        need(t, a, b)
+        matrix(a, b)
+        if get(t).ndim != 4:
+            refuse(t, "a Tucker core is [rank, rank, kh, kw]")
+        if get(a).shape[0] != get(t).shape[0]:
+            refuse(a, f"it needs {get(t).shape[0]} rows ({t}'s first dimension)")
+        if get(b).shape[0] != get(t).shape[1]:
+            refuse(b, f"it needs {get(t).shape[1]} rows ({t}'s second dimension)")
+        return (get(a).shape[1], get(b).shape[1], *get(t).shape[2:]), get(b).shape[0]
+
+    if any(p in parts for p in (".lora_down.weight", ".lora_up.weight")):
+        raise ValueError(f"LoRA module {name!r} mixes lora_down/lora_up with LoHa/LoKr factors")
+    if any(part[1:] in LOHA_PARTS for part in parts):
+        if any(part[1:] in LOKR_PARTS for part in parts):
+            raise ValueError(f"LoRA module {name!r} mixes LoHa (hada_) and LoKr (lokr_) factors")
+        if get("hada_t1") is not None or get("hada_t2") is not None:
+            (s1, rank), (s2, _) = (tucker("hada_t1", "hada_w1_a", "hada_w1_b"),
+                                   tucker("hada_t2", "hada_w2_a", "hada_w2_b"))
+        else:
+            (s1, rank), (s2, _) = pair("hada_w1_a", "hada_w1_b"), pair("hada_w2_a", "hada_w2_b")
+        if s1 != s2:
+            refuse("hada_w2_b", f"the hada_w2 factors build {list(s2)} and the hada_w1 factors {list(s1)}; "
+                                "their elementwise product needs one shape")
+        return s1, rank
+    rank = None
+    if get("lokr_w1") is not None:
+        matrix("lokr_w1")
+        s1 = tuple(get("lokr_w1").shape)
+    else:
+        s1, rank = pair("lokr_w1_a", "lokr_w1_b")
+    if get("lokr_w2") is not None:
+        if get("lokr_w2").ndim not in (2, 4):
+            refuse("lokr_w2", "a full LoKr factor is [out, in] or [out, in, kh, kw]")
+        s2 = tuple(get("lokr_w2").shape)
+    elif get("lokr_t2") is not None:
+        s2, rank = tucker("lokr_t2", "lokr_w2_a", "lokr_w2_b")
+    else:
+        s2, rank = pair("lokr_w2_a", "lokr_w2_b")
+    return (s1[0] * s2[0], s1[1] * s2[1], *s2[2:]), rank
+
+
+def _fits(delta_shape, weight_shape) -> bool:
+    """Whether a ΔW of ``delta_shape`` updates a weight of ``weight_shape``. Loaders (ComfyUI, A1111) reshape
+    ΔW to the weight, so a convolution's ΔW may come flattened to [out, in·kh·kw]; a 4-D one must match."""
+    import math
+
+    delta_shape, weight_shape = tuple(delta_shape), tuple(weight_shape)
+    if len(delta_shape) == len(weight_shape) == 4:
+        return delta_shape == weight_shape
+    return (delta_shape[0] == weight_shape[0] and len(delta_shape) in (2, 4)
+            and math.prod(delta_shape[1:]) == math.prod(weight_shape[1:]))
+
+
 def check_lora_shapes(kohya: dict[str, torch.Tensor], weights: dict[str, tuple[str, torch.Size]] | None = None):
     """Raise a ValueError naming the key and the shapes unless every LoRA tensor fits: up [out, r(,1,1)],
-    down [r, in(,kh,kw)], one rank per module, a scalar alpha, a DoRA magnitude of ``out`` values; and
-    with ``weights`` (kohya name -> (module path, weight shape) of the model it is applied to) the model's
+    down [r, in(,kh,kw)] (or [r, in·kh·kw], which ComfyUI reshapes), one rank per module, a scalar alpha,
+    a DoRA magnitude of ``out`` values, LoHa/LoKr factors that agree (:func:`lycoris_layout`); and with
+    ``weights`` (kohya name -> (module path, weight shape) of the model it is applied to) the model's
     [out, in(,kh,kw)]. Checked before any multiply: a small file claiming large dimensions would
     otherwise allocate ΔW = up·down of any size."""
     for name, parts in _kohya_modules(kohya).items():
+        if _is_lycoris(parts):
+            shape, _ = lycoris_layout(name, parts)
+            if ".alpha" in parts and parts[".alpha"].numel() != 1:
+                raise ValueError(f"key {name + '.alpha'!r} has shape {list(parts['.alpha'].shape)}; "
+                                 "alpha is one number")
+            if ".dora_scale" in parts and parts[".dora_scale"].numel() != shape[0]:
+                raise ValueError(f"key {name + '.dora_scale'!r} has shape {list(parts['.dora_scale'].shape)}; a DoRA "
+                                 f"magnitude holds one value per output ({shape[0]})")
+            if weights is not None and name in weights and not _fits(shape, weights[name][1]):
+                path, weight = weights[name]
+                raise ValueError(f"LoRA module {name!r}: its factors build an update of shape {list(shape)}; the "
+                                 f"model's module {path!r} has weight {list(weight)}")
+            continue
         down, up = parts.get(".lora_down.weight"), parts.get(".lora_up.weight")
         if down is None and up is None:
             continue
@@ -191,16 +345,54 @@ def check_lora_shapes(kohya: dict[str, torch.Tensor], weights: dict[str, tuple[s
         path, shape = weights[name]
         where = f"the model's module {path!r} has weight {list(shape)}, so it needs"
         needed_down, needed_up = (rank, *shape[1:]), (shape[0], rank) + (1, 1) * (len(shape) == 4)
-        if _without_1x1(down.shape) != _without_1x1(needed_down):
+        flattened = down.ndim == 2 and len(shape) == 4 and _fits((rank, *down.shape[1:]), (rank, *shape[1:]))
+        if _without_1x1(down.shape) != _without_1x1(needed_down) and not flattened:
             refuse(".lora_down.weight", f"{where} {list(needed_down)}")
         if _without_1x1(up.shape) != _without_1x1(needed_up):
             refuse(".lora_up.weight", f"{where} {list(needed_up)}")
 
 
-def delta_weights(kohya: dict[str, torch.Tensor], names=None) -> dict[str, torch.Tensor]:
-    """kohya name -> ΔW = (alpha/rank)·up·down, for linear and convolution LoRAs (all of them, or
-    those in ``names``). Check shapes first (:func:`check_lora_shapes`)."""
+def _lycoris_delta(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A LoHa/LoKr module's ΔW before scaling, as ComfyUI 0.8 and peft build it: LoHa (w1a·w1b)⊙(w2a·w2b),
+    LoKr w1 ⊗ w2; Tucker factors by einsum("i j k l, j r, i p -> p r k l", t, b, a)."""
+
+    def f(part):
+        return parts["." + part].float()
+
+    def build(t, a, b):
+        if "." + t in parts:
+            return torch.einsum("ijkl,jr,ip->prkl", f(t), f(b), f(a))
+        return f(a) @ f(b)
+
+    if ".hada_w1_a" in parts:
+        return build("hada_t1", "hada_w1_a", "hada_w1_b") * build("hada_t2", "hada_w2_a", "hada_w2_b")
+    w1 = f("lokr_w1") if ".lokr_w1" in parts else f("lokr_w1_a") @ f("lokr_w1_b")
+    w2 = f("lokr_w2") if ".lokr_w2" in parts else build("lokr_t2", "lokr_w2_a", "lokr_w2_b")
+    if w2.ndim == 4:
+        w1 = w1[:, :, None, None]
+    return torch.kron(w1.contiguous(), w2.contiguous())  # kron views its inputs (as peft, contiguous)
+
+
+def lycoris_deltas(kohya: dict[str, torch.Tensor], names=None) -> dict[str, torch.Tensor]:
+    """kohya name -> ΔW = scale·(LoHa/LoKr product) for the LoHa/LoKr modules (all, or those in
+    ``names``), shaped as the factors build it (a non-Tucker convolution's flattened to [out, in·kh·kw];
+    :func:`merge_into` reshapes it to the weight). scale = alpha/rank with ComfyUI's rank
+    (:func:`lycoris_layout`), 1 without alpha or for a LoKr with two full factors. Check shapes first."""
     deltas = {}
+    for name, parts in _kohya_modules(kohya).items():
+        if not _is_lycoris(parts) or (names is not None and name not in names):
+            continue
+        _, rank = lycoris_layout(name, parts)
+        scale = float(parts[".alpha"]) / rank if ".alpha" in parts and rank is not None else 1.0
+        deltas[name] = _lycoris_delta(parts) * scale
+    return deltas
+
+
+def delta_weights(kohya: dict[str, torch.Tensor], names=None) -> dict[str, torch.Tensor]:
+    """kohya name -> ΔW = (alpha/rank)·up·down, for linear and convolution LoRAs, and LoHa/LoKr modules
+    (:func:`lycoris_deltas`) (all of them, or those in ``names``). Check shapes first
+    (:func:`check_lora_shapes`)."""
+    deltas = lycoris_deltas(kohya, names)
     for key in kohya:
         if not key.endswith(".lora_down.weight"):
             continue
@@ -275,7 +467,8 @@ def lora_plan(pipe, kohya: dict[str, torch.Tensor]) -> tuple[list[tuple[str, str
     extra = offsets(kohya)
     index = module_index(pipe)
     originals = {c: dict(getattr(pipe, c).named_modules()) for c in {c for c, _ in index.values()}}
-    lora_names = [name for name, parts in _kohya_modules(kohya).items() if ".lora_down.weight" in parts]
+    lora_names = [name for name, parts in _kohya_modules(kohya).items()
+                  if ".lora_down.weight" in parts or _is_lycoris(parts)]
     check_lora_shapes(kohya, {name: (index[name][1], originals[index[name][0]][index[name][1]].weight.shape)
                               for name in lora_names if name in index})
     unmatched = [name for name in lora_names if name not in index]
@@ -355,9 +548,10 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     except Exception as e:  # safetensors raises its own error types for damaged files
         raise ValueError(f"LoRA file {str(path)!r} is not a readable safetensors file ({e})") from None
     if any(k.startswith(("lora_unet_", "lora_te", "diffusion_model.")) for k in tensors):
-        if not any(k.endswith((".lora_down.weight", ".diff", ".diff_b")) for k in tensors):
-            raise ValueError(f"LoRA file {str(path)!r} holds no LoRA weights (no .lora_down.weight, .diff or "
-                             ".diff_b key)")
+        if not any(k.endswith((".lora_down.weight", ".diff", ".diff_b", ".hada_w1_a", ".lokr_w1", ".lokr_w1_a"))
+                   for k in tensors):
+            raise ValueError(f"LoRA file {str(path)!r} holds no LoRA weights (no .lora_down.weight, LoHa/LoKr "
+                             "factor, .diff or .diff_b key)")
         return _checked(path, tensors), metadata  # kohya, or ComfyUI's trainer (resolved when applied)
     two_encoders = any(k.startswith("text_encoder_2.") for k in tensors)
     prefixes = {"unet.": "lora_unet", "text_encoder.": "lora_te1" if two_encoders else "lora_te",
@@ -437,6 +631,11 @@ def to_diffusers(kohya: dict[str, torch.Tensor], family: str) -> tuple[dict[str,
     if any(k.endswith((".diff", ".diff_b")) for k in kohya):
         raise ValueError("full weight offsets (.diff/.diff_b, from ComfyUI's trainer) have no diffusers/peft "
                          "form; save this LoRA in kohya layout")
+    lycoris = next((k for k in kohya if k.rsplit(".", 1)[-1] in LYCORIS_PARTS), None)
+    if lycoris is not None:
+        raise ValueError(f"LoHa/LoKr factors (e.g. {lycoris!r}) have no diffusers layout (diffusers' "
+                         "load_lora_weights reads LoRA A/B pairs only); save this LoRA in kohya layout, which "
+                         "ComfyUI, A1111 and LyCORIS load")
     index = reference_index(family)
     out, config = {}, {}
     for key, down in kohya.items():
@@ -468,28 +667,26 @@ def blend(loras: list[dict[str, torch.Tensor]], weights: list[float],
     """Σ wᵢ·ΔWᵢ as one kohya LoRA. Without ``rank`` the result is exact (the ranks are stacked);
     with it, each module's sum is truncated to that rank (the best rank-r approximation,
     Eckart–Young), as in style interpolation with a fixed file size. Only the factors are used:
-    ΔW is as large as the weight a file claims, and there is no model here to check the claim."""
+    ΔW is as large as the weight a file claims, and there is no model here to check the claim.
+
+    LoHa/LoKr modules are blended through their ΔW (:func:`_blend_deltas`): a Hadamard or Kronecker
+    product does not add factor-wise (the sum of two LoHa updates is no LoHa of the same form), so the
+    result is a LoRA by SVD of Σ wᵢ·ΔWᵢ — exact (every non-negligible singular value kept) without
+    ``rank``. DoRA is refused: its magnitudes do not add."""
     if any(k.endswith(".dora_scale") for lora in loras for k in lora):
         raise ValueError("DoRA LoRAs cannot be blended (their magnitudes do not add); blend plain LoRAs")
-    factors: dict[str, tuple[list, list, list]] = {}  # name -> (scaled ups, downs, [out, *in shape])
+    modules: dict[str, list[tuple[float, dict]]] = {}
     for lora, w in zip(loras, weights, strict=True):
         check_lora_shapes(lora)
         for name, parts in _kohya_modules(lora).items():
-            if ".lora_down.weight" not in parts:
-                continue
-            down, up = parts[".lora_down.weight"].float(), parts[".lora_up.weight"].float().flatten(1)
-            scale = float(parts.get(".alpha", torch.tensor(float(down.shape[0])))) / down.shape[0]
-            ups, downs, shape = factors.setdefault(name, ([], [], [up.shape[0], *down.shape[1:]]))
-            if [up.shape[0], *down.shape[1:]] != shape:
-                raise ValueError(f"LoRA module {name!r} updates a weight of shape {shape} in one LoRA and "
-                                 f"{[up.shape[0], *down.shape[1:]]} in another: they are for different models")
-            ups.append(w * scale * up)
-            downs.append(down.flatten(1))
+            if ".lora_down.weight" in parts or _is_lycoris(parts):
+                modules.setdefault(name, []).append((w, parts))
     out = {}
-    for name, (ups, downs, shape) in factors.items():
-        up, down = torch.cat(ups, dim=1), torch.cat(downs)
-        if rank is not None:
-            up, down = _best_rank(up, down, rank)
+    for name, entries in modules.items():
+        if any(_is_lycoris(parts) for _, parts in entries):
+            up, down, shape = _blend_deltas(name, entries, rank)
+        else:
+            up, down, shape = _blend_factors(name, entries, rank)
         r = down.shape[0]
         if len(shape) == 4:  # convolution: down keeps the kernel, up is a 1x1 conv
             up, down = up[:, :, None, None], down.reshape(r, *shape[1:])
@@ -497,6 +694,70 @@ def blend(loras: list[dict[str, torch.Tensor]], weights: list[float],
         out[f"{name}.lora_up.weight"] = up.contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(r))
     return out
+
+
+def _update_shape(name: str, parts: dict[str, torch.Tensor]) -> list[int]:
+    if _is_lycoris(parts):
+        return list(lycoris_layout(name, parts)[0])
+    return [parts[".lora_up.weight"].shape[0], *parts[".lora_down.weight"].shape[1:]]
+
+
+def _different_models(name: str, a, b):
+    raise ValueError(f"LoRA module {name!r} updates a weight of shape {list(a)} in one LoRA and {list(b)} in "
+                     "another: they are for different models")
+
+
+def _blend_factors(name: str, entries: list, rank: int | None):
+    """LoRA pairs only: stacked factors (exact), or their best rank-``rank`` approximation."""
+    ups, downs, shape = [], [], _update_shape(name, entries[0][1])
+    for w, parts in entries:
+        down, up = parts[".lora_down.weight"].float(), parts[".lora_up.weight"].float().flatten(1)
+        scale = float(parts.get(".alpha", torch.tensor(float(down.shape[0])))) / down.shape[0]
+        if _update_shape(name, parts) != shape:
+            _different_models(name, shape, _update_shape(name, parts))
+        ups.append(w * scale * up)
+        downs.append(down.flatten(1))
+    up, down = torch.cat(ups, dim=1), torch.cat(downs)
+    if rank is not None:
+        up, down = _best_rank(up, down, rank)
+    return up, down, shape
+
+
+def _blend_deltas(name: str, entries: list, rank: int | None):
+    """A module some LoHa/LoKr adapts: Σ wᵢ·ΔWᵢ formed as [out, in·kh·kw] (refused above
+    ``MAX_BLEND_DELTA`` values, before any multiply), then up·down = its SVD truncated to ``rank``
+    (or to its numerical rank). The kernel shape comes from an input that has one (a LoRA's 4-D
+    lora_down, a Tucker core, a 4-D lokr_w2); where every input has it flattened, lora_down stays
+    [r, in·kh·kw] — ComfyUI reshapes that to the weight (kohya and A1111 want a kernel-shaped one)."""
+    import math
+
+    shapes = [_update_shape(name, parts) for _, parts in entries]
+    flat = [(s[0], math.prod(s[1:])) for s in shapes]
+    for s, f in zip(shapes, flat, strict=True):
+        if f != flat[0]:
+            _different_models(name, shapes[0], s)
+        if len(s) == 4 and len(shapes[0]) == 4 and s != shapes[0]:
+            _different_models(name, shapes[0], s)
+    out_dim, in_dim = flat[0]
+    if out_dim * in_dim > MAX_BLEND_DELTA:
+        raise ValueError(f"LoRA module {name!r} claims an update of shape {shapes[0]} ({out_dim * in_dim:,} values), "
+                         f"more than any SD1/SDXL weight ({MAX_BLEND_DELTA:,}); LoHa/LoKr modules blend through "
+                         "their full update, so this file is refused")
+    total = torch.zeros(out_dim, in_dim)
+    for w, parts in entries:
+        if _is_lycoris(parts):
+            delta = lycoris_deltas({f"{name}{p}": v for p, v in parts.items()})[name]
+        else:
+            down, up = parts[".lora_down.weight"].float(), parts[".lora_up.weight"].float().flatten(1)
+            alpha = float(parts.get(".alpha", torch.tensor(float(down.shape[0]))))
+            delta = up @ down.flatten(1) * (alpha / down.shape[0])
+        total += w * delta.reshape(out_dim, in_dim)
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    if rank is None:  # the numerical rank (numpy's matrix_rank tolerance), so the LoRA equals the sum
+        rank = int((s > s.max() * max(out_dim, in_dim) * torch.finfo(torch.float32).eps).sum()) if s.numel() else 0
+    k = max(1, min(rank, s.shape[0]))
+    shape = next((sh for sh in shapes if len(sh) == 4), [out_dim, in_dim])
+    return u[:, :k] * s[:k], vh[:k], shape
 
 
 def _best_rank(up: torch.Tensor, down: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -388,7 +388,9 @@ class LoRALabSaveLoRA:
             "layout": (["kohya", "diffusers"], {"default": "kohya", "tooltip":
                        "kohya: lora_unet_/lora_te_ keys with alpha (ComfyUI, A1111, kohya, diffusers load it). "
                        "diffusers: peft keys (unet.<module>.lora_A.weight) with the peft config in the "
-                       "metadata, as diffusers' save_lora_weights writes them."}),
+                       "metadata, as diffusers' save_lora_weights writes them. LoHa/LoKr are saved in kohya "
+                       "layout with LyCORIS keys (hada_*/lokr_*, which ComfyUI and A1111 load); diffusers "
+                       "has no layout for them, so 'diffusers' refuses them."}),
             "weights": (["ema", "raw"], {"default": "ema", "tooltip":
                         "A LoRA trained with EMA (Train Config ema_decay): its EMA weights or the raw last "
                         "weights. Without EMA both are the trained weights."}),
@@ -480,7 +482,9 @@ class LoRALabLoadLoRA:
         except ValueError as e:
             raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r}: {e}") from None
         # rank 0: only full weight offsets (.diff/.diff_b, ComfyUI's trainer), no low-rank pair
-        rank = next((int(v.shape[0]) for k, v in tensors.items() if k.endswith(".lora_down.weight")), 0)
+        # the rank is the first axis of LoRA's down, LoHa's w1_b, LoKr's w2_b or w1_b (LyCORIS keys)
+        rank = next((int(v.shape[0]) for k, v in tensors.items()
+                     if k.endswith((".lora_down.weight", ".hada_w1_b", ".lokr_w2_b", ".lokr_w1_b"))), 0)
         alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(rank))
         family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_", "diffusion_model.label_emb")) for k in tensors) \
             or meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
@@ -494,7 +498,9 @@ class LoRALabLoadLoRA:
 
 class LoRALabBlendLoRAs:
     DESCRIPTION = ("Weighted merge of two LoRAs: w*A + (1-w)*B of their weight updates (style "
-                   "interpolation, seed 004). Exact by default; a target rank re-ranks each module by SVD.")
+                   "interpolation, seed 004). Exact by default; a target rank re-ranks each module by SVD. "
+                   "LoHa/LoKr updates (Hadamard/Kronecker products) do not add factor-wise: their modules are "
+                   "blended through the full update and written as a plain LoRA by SVD. DoRA is refused.")
     CATEGORY = "LoRA Lab/lora"
     RETURN_TYPES = ("LL_LORA",)
     RETURN_NAMES = ("lora",)
@@ -509,7 +515,8 @@ class LoRALabBlendLoRAs:
             "weight_a": ("FLOAT", {"default": 0.5, "min": -2.0, "max": 3.0, "step": 0.01,
                                    "tooltip": "w: the blend is w*A + (1-w)*B."}),
             "rank": ("INT", {"default": 0, "min": 0, "max": 1024, "tooltip":
-                     "0 = exact (ranks add up); otherwise the best rank-r approximation per module (SVD)."}),
+                     "0 = exact (ranks add up; LoHa/LoKr modules keep every non-negligible singular value of "
+                     "the summed update); otherwise the best rank-r approximation per module (SVD)."}),
         }}
 
     def blend(self, lora_a, lora_b, weight_a, rank):

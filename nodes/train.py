@@ -128,14 +128,31 @@ class LoRALabLoRAConfig:
             "variant": (list(VARIANTS), {"default": "lora", "tooltip":
                         "lora; dora (weight-decomposed, Liu et al. 2024; ComfyUI 0.8 normalises by ||W|| where "
                         "peft uses ||W+dW||, so a DoRA LoRA looks different there: Apply LoRA's dora_norm = "
-                        "comfyui shows it); rslora (scale alpha/sqrt(rank))."}),
+                        "comfyui shows it); rslora (scale alpha/sqrt(rank)); loha (LyCORIS LoHa: dW = "
+                        "(A1 B1) * (A2 B2) elementwise, twice LoRA's parameters, rank up to r^2); lokr (LyCORIS "
+                        "LoKr: dW = W1 kron W2, few parameters). Both scale by alpha/rank, take no dropout and "
+                        "kaiming init only, save with LyCORIS keys (kohya layout only) and blend as a plain LoRA."}),
             "parameter_budget": ("INT", {"default": 0, "min": 0, "max": 10**10, "tooltip":
                                  "> 0: ignore the ranks and pick the one rank (shared by UNet and text encoders) "
                                  "whose trainable parameter count comes closest to this (seed 003: ~3,000,000)."}),
+            "block_ranks": ("STRING", {"default": "", "tooltip":
+                            "Rank per UNet block (kohya's block_dims), comma-separated key=value: down, mid, up, or "
+                            "kohya block names IN01-IN11, MID, OUT00-OUT11 (SDXL: IN01-IN08, MID, OUT00-OUT08), "
+                            "which override their group, e.g. 'down=4, mid=8, up=16, OUT11=0'. 0 = no adapter in "
+                            "that block. conv_in, time_embedding, conv_out and text encoders keep 'rank'. Not with "
+                            "parameter_budget."}),
+            "block_alphas": ("STRING", {"default": "", "tooltip":
+                             "Alpha per UNet block (kohya's block_alphas), the same keys, e.g. 'up=16, IN01=2'. A "
+                             "block not named keeps 'alpha' (scaled alpha/its own rank)."}),
+            "block_lr_weights": ("STRING", {"default": "", "tooltip":
+                                 "Learning-rate multiplier per UNet block (kohya's down/mid/up_lr_weight), the same "
+                                 "keys, e.g. 'down=0.5, mid=1, up=2'. 0 freezes a block: as in kohya it then gets "
+                                 "no adapter (one frozen at its zero init changes nothing)."}),
         }}
 
     def build(self, rank, alpha, targets, custom_modules="", train_unet=True, text_encoder_rank=0,
-              text_encoder_alpha=0.0, init="kaiming", dropout=0.0, variant="lora", parameter_budget=0):
+              text_encoder_alpha=0.0, init="kaiming", dropout=0.0, variant="lora", parameter_budget=0,
+              block_ranks="", block_alphas="", block_lr_weights=""):
         from ..core.lora import LoRAConfigSpec
 
         custom = tuple(m.strip() for m in custom_modules.split(",") if m.strip())
@@ -143,8 +160,12 @@ class LoRALabLoRAConfig:
             raise ValueError("LoRA Lab: LoRA Config: targets = 'custom' needs module names in 'custom_modules'")
         if not train_unet and text_encoder_rank == 0:
             raise ValueError("LoRA Lab: LoRA Config: nothing to train (train_unet is off and text_encoder_rank is 0)")
-        return (LoRAConfigSpec(rank, alpha, targets, custom, text_encoder_rank, text_encoder_alpha, train_unet,
-                               init, dropout, variant, parameter_budget),)
+        try:  # LoRAConfigSpec checks its inputs (variant combinations, block settings)
+            return (LoRAConfigSpec(rank, alpha, targets, custom, text_encoder_rank, text_encoder_alpha, train_unet,
+                                   init, dropout, variant, parameter_budget, block_ranks, block_alphas,
+                                   block_lr_weights),)
+        except ValueError as e:
+            raise ValueError(f"LoRA Lab: LoRA Config: {e}") from None
 
 
 NODE_CLASS_MAPPINGS = {"LoRALabNoiseStrategy": LoRALabNoiseStrategy, "LoRALabLoRAConfig": LoRALabLoRAConfig}

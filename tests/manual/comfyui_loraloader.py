@@ -3,10 +3,13 @@
 
 1. ``python tests/manual/comfyui_loraloader.py make COMFY_DIR`` writes a full-size SD1.5 checkpoint
    with random weights (original single-file layout, fp16, 2.1 GB) into COMFY_DIR/models/checkpoints
-   and three LoRA files made by our writer (attention; all linear + conv; attention + ff as DoRA,
-   each with text-encoder LoRA) plus a control file with one bogus module into COMFY_DIR/models/loras.
+   and five LoRA files made by our writer (attention; all linear + conv; attention + ff as DoRA; all
+   linear + conv as LoHa and as LoKr, LyCORIS keys with Tucker-form 3x3 convolutions, as Train LoRA
+   writes them; each with a text-encoder part) plus a control file with one bogus module into
+   COMFY_DIR/models/loras. ``make COMFY_DIR loha lokr`` writes only the files named.
 2. Start ComfyUI (``python main.py --cpu``) and run ``python tests/manual/comfyui_loraloader.py post``:
-   each file goes through CheckpointLoaderSimple -> LoraLoader -> KSampler (1 step, 64 px).
+   each file goes through CheckpointLoaderSimple -> LoraLoader -> KSampler (1 step, 64 px)
+   (``post loha lokr``: only those files).
 3. ``grep "lora key not loaded" comfyui.log`` must list only the control file's three keys.
 """
 
@@ -20,17 +23,19 @@ import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FILES = {"loralab_attention": ("attention", "attention", False),
-         "loralab_all_linear_conv": ("all_linear+conv", "all_linear", False),
-         "loralab_attention_ff_dora": ("attention+ff", "attention", True)}
+FILES = {"loralab_attention": ("attention", "attention", "lora"),
+         "loralab_all_linear_conv": ("all_linear+conv", "all_linear", "lora"),
+         "loralab_attention_ff_dora": ("attention+ff", "attention", "dora"),
+         "loralab_all_linear_conv_loha": ("all_linear+conv", "all_linear", "loha"),
+         "loralab_all_linear_conv_lokr": ("all_linear+conv", "all_linear", "lokr")}
 
 
-def make(comfy: Path) -> None:
+def make(comfy: Path, only: tuple[str, ...] = ()) -> None:
     sys.path[:0] = [str(HERE.parent), str(HERE.parent / "benchmarks")]
     import torch
     from fullsize import sd15_random_pipeline
     from ldm_layout import clip_to_ldm, unet_to_ldm, vae_to_ldm
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, inject_adapter_in_model
     from safetensors.torch import save_file
 
     from loralab.core.lora import resolve_targets
@@ -41,21 +46,27 @@ def make(comfy: Path) -> None:
     ldm = {**unet_to_ldm(unet.state_dict(), unet.config), **vae_to_ldm(vae.state_dict(), vae.config),
            **clip_to_ldm(te.state_dict(), "cond_stage_model.transformer.")}
     (comfy / "models/checkpoints").mkdir(parents=True, exist_ok=True)
-    save_file({k: v.half().contiguous() for k, v in ldm.items()},
-              str(comfy / "models/checkpoints/sd15_random.safetensors"))
+    checkpoint = comfy / "models/checkpoints/sd15_random.safetensors"
+    if not checkpoint.exists():
+        save_file({k: v.half().contiguous() for k, v in ldm.items()}, str(checkpoint))
 
-    def random_lora(model, targets, dora):
-        wrapped = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=targets, use_dora=dora),
-                                          copy.deepcopy(model))
+    def random_lora(model, targets, variant):
+        config = {"loha": LoHaConfig(r=4, alpha=4, target_modules=targets, use_effective_conv2d=True),
+                  "lokr": LoKrConfig(r=4, alpha=4, target_modules=targets, use_effective_conv2d=True)}.get(
+                      variant, LoraConfig(r=4, lora_alpha=4, target_modules=targets, use_dora=variant == "dora"))
+        wrapped = inject_adapter_in_model(config, copy.deepcopy(model))
         g = torch.Generator().manual_seed(0)
         return {n.replace(".default", ""): torch.randn(p.shape, generator=g) * 0.01
-                for n, p in wrapped.named_parameters() if "lora_" in n}
+                for n, p in wrapped.named_parameters() if any(k in n for k in ("lora_", "hada_", "lokr_"))}
 
     loras = comfy / "models/loras"
-    for name, (preset, te_preset, dora) in FILES.items():
-        kohya = {**to_kohya(random_lora(unet, resolve_targets(unet, preset), dora), 4.0),
-                 **to_kohya(random_lora(te, resolve_targets(te, te_preset, text_encoder=True), dora), 4.0, "lora_te")}
-        save_lora_file(kohya, kohya_metadata(4, 4.0, "sd1"), loras / f"{name}.safetensors")
+    for name, (preset, te_preset, variant) in FILES.items():
+        if only and not any(name.endswith(o) for o in only):
+            continue
+        te_targets = resolve_targets(te, te_preset, text_encoder=True)
+        kohya = {**to_kohya(random_lora(unet, resolve_targets(unet, preset), variant), 4.0, rank=4),
+                 **to_kohya(random_lora(te, te_targets, variant), 4.0, "lora_te", rank=4)}
+        save_lora_file(kohya, kohya_metadata(4, 4.0, "sd1", variant=variant), loras / f"{name}.safetensors")
         if name == "loralab_attention":
             kohya["lora_unet_bogus_module.lora_down.weight"] = torch.zeros(4, 8)
             kohya["lora_unet_bogus_module.lora_up.weight"] = torch.zeros(8, 4)
@@ -63,8 +74,8 @@ def make(comfy: Path) -> None:
             save_lora_file(kohya, {}, loras / "control_bogus.safetensors")
 
 
-def post(url: str = "http://127.0.0.1:8188") -> None:
-    for name in [*FILES, "control_bogus"]:
+def post(url: str = "http://127.0.0.1:8188", only: tuple[str, ...] = ()) -> None:
+    for name in [n for n in [*FILES, "control_bogus"] if not only or any(n.endswith(o) for o in only)]:
         prompt = {
             "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15_random.safetensors"}},
             "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
@@ -90,6 +101,6 @@ def post(url: str = "http://127.0.0.1:8188") -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "make":
-        make(Path(sys.argv[2]))
+        make(Path(sys.argv[2]), tuple(sys.argv[3:]))
     else:
-        post()
+        post(only=tuple(sys.argv[2:]))
