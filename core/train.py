@@ -465,10 +465,12 @@ def train_full(pipe, data: TrainingData, noise: NoiseStrategy, spec: TrainSpec, 
 
 
 def finetune_from_images(lp, images, captions: list[str], noise: NoiseStrategy, spec: TrainSpec,
-                         text_encoder: bool = False, checkpoint_dir: Path | None = None, name: str = "finetuned"):
+                         text_encoder: bool = False, checkpoint_dir: Path | None = None, name: str = "finetuned",
+                         masks=None):
     """Fine-tune copies of ``lp``'s UNet (and text encoders) on ``images``; returns a new
-    ``LabPipeline`` holding them beside ``lp``'s other components, and the ``TrainResult``. ``lp``
-    itself is left untouched (other nodes share it)."""
+    ``LabPipeline`` holding them beside ``lp``'s other components (with EMA: the EMA weights), and
+    the ``TrainResult``. ``lp`` itself is left untouched (other nodes share it). The validation
+    loss holds out ``validation_fraction`` of the images."""
     import copy
 
     from .pipeline import LabPipeline
@@ -476,9 +478,11 @@ def finetune_from_images(lp, images, captions: list[str], noise: NoiseStrategy, 
 
     _trainable(lp)
     captions = _one_caption_each(images, captions)
+    images, captions, _, masks, held_out = _held_out(images, captions, None, masks, spec, None)
     spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
-        data = encode_dataset(lp.pipe, [image.clone() for image in images], captions)
+        data = encode_dataset(lp.pipe, images, captions, masks=masks)
+        validation_data = encode_dataset(lp.pipe, *held_out[:2], masks=held_out[2]) if held_out else None
         if spec.caption_dropout and lp.family == "sd1":
             data.uncond = empty_prompt_embedding(lp.pipe)
         pipe = copy.copy(lp.pipe)
@@ -490,7 +494,10 @@ def finetune_from_images(lp, images, captions: list[str], noise: NoiseStrategy, 
                         loras=list(lp.loras))
     with progress(spec.steps, "fine-tune") as bar:
         result = train_full(pipe, data, noise, spec, text_encoder, checkpoint_dir,
-                            progress=lambda step, loss: bar.update(1))
+                            progress=lambda step, loss: bar.update(1), validation_data=validation_data)
+    if result.ema_states is not None:  # the tuned model is the EMA (``states`` keeps the raw weights)
+        for component, state in result.ema_states.items():
+            getattr(pipe, component).load_state_dict(state)
     return tuned, result
 
 
@@ -557,6 +564,25 @@ def hold_out(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return [i for i in range(n) if i not in chosen], sorted(chosen)
 
 
+def _held_out(images, captions, weights, masks, spec: TrainSpec, validation_set):
+    """(images, captions, weights, masks, held-out (images, captions, masks) or None): the given
+    validation set, or ``validation_fraction`` of the examples taken out of training."""
+    images = [image.clone() for image in images]
+    if not spec.validation_loss_every:
+        return images, captions, weights, masks, None
+    if validation_set is not None:
+        v_images, v_captions, v_masks = validation_set
+        return images, captions, weights, masks, ([image.clone() for image in v_images],
+                                                  _one_caption_each(v_images, v_captions), v_masks)
+    if not spec.validation_fraction:
+        raise ValueError("validation_loss_every needs held-out examples: set validation_fraction or give a "
+                         "validation dataset")
+    keep, out = hold_out(len(images), spec.validation_fraction, spec.seed)
+    held_out = ([images[i] for i in out], [captions[i] for i in out], [masks[i] for i in out] if masks else None)
+    return ([images[i] for i in keep], [captions[i] for i in keep], [weights[i] for i in keep] if weights else weights,
+            [masks[i] for i in keep] if masks is not None else None, held_out)
+
+
 def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: NoiseStrategy, lcfg: LoRAConfigSpec,
                       spec: TrainSpec, checkpoint_dir: Path | None = None, name: str = "lora",
                       weights: list[float] | None = None, masks=None, validation_set=None):
@@ -571,20 +597,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
 
     _trainable(lp)
     captions = _one_caption_each(images, captions)
-    images = [image.clone() for image in images]
-    held_out = None
-    if spec.validation_loss_every and validation_set is None:
-        if not spec.validation_fraction:
-            raise ValueError("validation_loss_every needs held-out examples: set validation_fraction or give a "
-                             "validation dataset")
-        keep, out = hold_out(len(images), spec.validation_fraction, spec.seed)
-        held_out = ([images[i] for i in out], [captions[i] for i in out], [masks[i] for i in out] if masks else None)
-        images, captions = [images[i] for i in keep], [captions[i] for i in keep]
-        weights = [weights[i] for i in keep] if weights else weights
-        masks = [masks[i] for i in keep] if masks is not None else None
-    elif spec.validation_loss_every:
-        v_images, v_captions, v_masks = validation_set
-        held_out = ([image.clone() for image in v_images], _one_caption_each(v_images, v_captions), v_masks)
+    images, captions, weights, masks, held_out = _held_out(images, captions, weights, masks, spec, validation_set)
     spec = steps_for(spec, len(images))
     with torch.inference_mode(False):
         data = encode_dataset(lp.pipe, images, captions, weights, masks)

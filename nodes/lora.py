@@ -309,20 +309,23 @@ class LoRALabFineTune:
         if weights:
             raise ValueError("LoRA Lab: Fine-tune Model: input 'dataset': per-example weights (prior "
                              "preservation) are supported by Train LoRA only for now")
+        masks = _masks("Fine-tune Model", dataset, images, None)
         try:
             tuned, result = finetune_from_images(pipeline, images, lines, noise, train_config, train_text_encoder,
-                                                 checkpoints, run_name)
+                                                 checkpoints, run_name, masks)
         except ValueError as e:
             raise ValueError(f"LoRA Lab: Fine-tune Model: {e}") from None
         row = {"model": tuned.name, "lora": "", "rank": "full", "alpha": "",
                "train_seconds": result.seconds, "train_peak_memory_mb": result.peak_memory_mb,
-               "trainable_parameters": result.trainable_parameters, "final_loss": result.losses[-1]}
+               "trainable_parameters": result.trainable_parameters, "final_loss": result.losses[-1],
+               **validation_columns(result.val_losses)}
         return (tuned, ScoreTable(("model", "lora"), [row]))
 
 
 class LoRALabApplyLoRA:
-    DESCRIPTION = ("Apply a LoRA to a pipeline with separate UNet and text-encoder strengths; the weights "
-                   "are merged into copies, so sampling runs at full speed and the input is unchanged.")
+    DESCRIPTION = ("Apply a LoRA to a pipeline with separate UNet and text-encoder strengths, as a view: "
+                   "nothing is copied; the weights are merged into the shared modules while this pipeline "
+                   "samples (full speed) and restored for the others, so the input is unchanged.")
     CATEGORY = "LoRA Lab/lora"
     RETURN_TYPES = ("LL_PIPELINE",)
     RETURN_NAMES = ("pipeline",)

@@ -369,3 +369,18 @@ def test_train_lora_node_with_held_out_set_ema_tensorboard_mask_and_save_lora_we
     with pytest.raises(ValueError, match="input 'mask': 1 mask"):
         LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, spec, "parity2", images=images,
                                  captions="a sks photo", mask=torch.ones(1, 16, 16))
+
+
+def test_fine_tuning_holds_out_a_fraction_and_hands_on_the_ema(tiny, images):
+    from loralab.core.train import finetune_from_images
+
+    spec = TrainSpec(steps=3, batch_size=1, lr=1e-4, seed=2, validation_loss_every=3, validation_fraction=0.25,
+                     ema_decay=0.5)
+    tuned, result = finetune_from_images(tiny, images, CAPTIONS, NoiseStrategy(), spec)
+    assert [s for s, _, _ in result.val_losses] == [0, 3] and not math.isnan(result.val_losses[-1][2])
+    ema, raw = result.ema_states["unet"], result.states["unet"]
+    weights = tuned.pipe.unet.state_dict()
+    assert all(torch.equal(weights[k], ema[k]) for k in ema)
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    assert any(not torch.equal(a, b) for a, b in zip(tiny.pipe.unet.parameters(),
+                                                              tuned.pipe.unet.parameters(), strict=True))
