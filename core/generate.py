@@ -35,19 +35,20 @@ class GenerateSettings:
 @dataclass(frozen=True)
 class Refiner:
     """An SDXL refiner finishing the base model's schedule (the ensemble of experts of the SDXL
-    paper, diffusers' ``denoising_end`` / ``denoising_start``): the base denoises the steps down to
-    training timestep ``round(T·(1 − fraction))``, the refiner the rest from the base's latent, and
-    the refiner's VAE decodes. ``fraction`` 1 runs the base alone. The aesthetic scores are the
+    paper, diffusers' ``denoising_end`` / ``denoising_start`` = 1 − ``fraction``): ``fraction`` is the
+    refiner's share of the schedule (seed 003: 0.2). The base denoises the steps down to training
+    timestep ``round(T·fraction)``, the refiner the rest from the base's latent, and the refiner's
+    VAE decodes. ``fraction`` 0 runs the base alone, 1 the refiner alone. The aesthetic scores are the
     refiner's extra conditioning (diffusers' defaults 6 and 2.5)."""
 
     pipeline: LabPipeline
-    fraction: float = 0.8
+    fraction: float = 0.2
     aesthetic_score: float = 6.0
     negative_aesthetic_score: float = 2.5
 
     def cutoff(self, train_timesteps: int) -> int:
-        # diffusers' discrete_timestep_cutoff, the same float expression
-        return int(round(train_timesteps - self.fraction * train_timesteps))
+        # diffusers' discrete_timestep_cutoff with denoising_end = 1 − fraction, the same float expression
+        return int(round(train_timesteps - (1 - self.fraction) * train_timesteps))
 
 
 def refiner_problem(base: LabPipeline, refiner: LabPipeline, width: int, height: int) -> str | None:
@@ -182,7 +183,7 @@ def _render(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
             raise ValueError(problem)
         if not 0 <= refiner.fraction <= 1:
             raise ValueError(f"refine fraction {refiner.fraction} is not in [0, 1]")
-        if refiner.fraction == 1:
+        if refiner.fraction == 0:
             refiner = None  # the base runs every step: exactly the base alone
     if refiner is not None:
         refined = refiner.pipeline

@@ -72,13 +72,13 @@ PROMPTS_PER_BATCH = ("INT", {"default": 1, "min": 1, "max": 256, "tooltip":
                      "splits each batch's time evenly over its images."})
 
 
-REFINE_FRACTION = ("FLOAT", {"default": 0.8, "min": 0.0, "max": 1.0, "step": 0.01, "round": 0.001, "tooltip":
-                   "With a refiner: the fraction of the noise schedule the base model denoises before the "
-                   "refiner finishes (diffusers' denoising_end / denoising_start, the SDXL paper's ensemble "
-                   "of experts). The base runs the steps at training timesteps >= 1000 x (1 - fraction), "
-                   "the refiner the rest from the base's latent, and the refiner's VAE decodes. "
-                   "0.8 = the refiner does the last 20% (timesteps below 200, where it was trained); "
-                   "1.0 = the base alone; 0 = the refiner alone. Ignored without a refiner."})
+REFINE_FRACTION = ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "round": 0.001, "tooltip":
+                   "With a refiner: the refiner's share of the noise schedule (seed 003: 0.2; diffusers' "
+                   "denoising_end = denoising_start = 1 - refine_fraction, the SDXL paper's ensemble of "
+                   "experts). The base runs the steps at training timesteps >= 1000 x refine_fraction, the "
+                   "refiner the rest from the base's latent, and the refiner's VAE decodes. 0.2 = the "
+                   "refiner does the last 20% (timesteps below 200, where it was trained); 0 = the base "
+                   "alone; 1 = the refiner alone. Ignored without a refiner."})
 
 
 CFG_RESCALE = ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05, "round": 0.01, "tooltip":
@@ -127,13 +127,13 @@ class LoRALabGenerate:
                         "refiner": ("LL_PIPELINE", {"tooltip":
                                     "Optional SDXL refiner (Load Pipeline: sd_xl_refiner_1.0, a diffusers "
                                     "refiner folder, or 'embedded: tiny-sdxl-refiner' for world-teacher) that "
-                                    "finishes the SDXL base's images from refine_fraction, conditioned on "
+                                    "finishes the last refine_fraction of the SDXL base's schedule, conditioned on "
                                     "aesthetic score 6 (negative 2.5) as in diffusers."}),
                         "refine_fraction": REFINE_FRACTION}}
 
     def generate(self, pipeline, sampler, prompts, negative_prompt, steps, cfg, seed, width,
                  height, images_per_prompt, prompts_per_batch=1, cfg_rescale=-1.0, refiner=None,
-                 refine_fraction=0.8):
+                 refine_fraction=0.2):
         from ..core.generate import GenerateSettings, Refiner, generate, refiner_problem
 
         if pipeline.family == "sdxl_refiner":

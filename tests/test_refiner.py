@@ -39,7 +39,7 @@ def refiner():
     return load_pipeline("embedded: tiny-sdxl-refiner", dtype="fp32", device="cpu")
 
 
-def run(base, refiner=None, fraction=0.8, sampler="euler", **settings):
+def run(base, refiner=None, fraction=0.2, sampler="euler", **settings):
     s = GenerateSettings(**{**SETTINGS.__dict__, **settings})
     return generate(base, SamplerSpec(sampler), [Prompt(PROMPT)], s,
                     None if refiner is None else Refiner(refiner, fraction))
@@ -57,9 +57,9 @@ def test_the_embedded_refiner_is_loaded_as_diffusers_refiner_pipeline(refiner):
     assert refiner.native_size == 64
 
 
-def test_refine_fraction_one_is_the_base_alone(base, refiner):
+def test_refine_fraction_zero_is_the_base_alone(base, refiner):
     alone, rows = run(base)
-    refined, refined_rows = run(base, refiner, 1.0)
+    refined, refined_rows = run(base, refiner, 0.0)
     assert torch.equal(alone, refined)
     assert "refiner" not in refined_rows.rows[0]
 
@@ -78,7 +78,7 @@ def test_generate_with_the_refiner_runs_end_to_end_through_the_node(base, refine
     assert (images - alone).abs().max() > 1e-3, "the refiner changed the images"
 
 
-@pytest.mark.parametrize("fraction", [0.8, 0.55])
+@pytest.mark.parametrize("fraction", [0.2, 0.45])
 def test_the_handoff_equals_diffusers_base_then_refiner_ensemble(base, refiner, fraction):
     ours, _ = run(base, refiner, fraction)
 
@@ -94,27 +94,27 @@ def test_the_handoff_equals_diffusers_base_then_refiner_ensemble(base, refiner, 
     start = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(s.seed)) * (1 + sigma_max**2).sqrt() \
         / sigma_max
     with torch.no_grad():
-        latents = base_pipe(PROMPT, latents=start, num_inference_steps=s.steps, denoising_end=fraction,
+        latents = base_pipe(PROMPT, latents=start, num_inference_steps=s.steps, denoising_end=1 - fraction,
                             guidance_scale=s.cfg, width=s.width, height=s.height, output_type="latent").images
-        images = refiner_pipe(PROMPT, image=latents, num_inference_steps=s.steps, denoising_start=fraction,
+        images = refiner_pipe(PROMPT, image=latents, num_inference_steps=s.steps, denoising_start=1 - fraction,
                               guidance_scale=s.cfg, output_type="pt",
                               generator=torch.Generator().manual_seed(s.seed)).images
     reference = images.permute(0, 2, 3, 1).float()
     torch.testing.assert_close(ours, reference, rtol=0, atol=2e-4)
-    # the same split as diffusers: the refiner ran steps below timestep 1000 * (1 - fraction)
+    # the same split as diffusers: the refiner ran steps below timestep 1000 * fraction
     alone, _ = run(base)
     assert (ours - alone).abs().max() > 1e-3
 
 
-def test_refine_fraction_zero_is_the_refiner_from_pure_noise(base, refiner):
+def test_refine_fraction_one_is_the_refiner_from_pure_noise(base, refiner):
     from loralab.core import ksampling
     from loralab.core.samplers import noise_levels, sigmas_for
 
     levels = noise_levels(base.pipe.scheduler.config)
     sigmas = sigmas_for(SamplerSpec("euler"), levels, 10)
-    assert ksampling.handoff_step(levels, sigmas, Refiner(refiner, 0.0).cutoff(1000)) == 0
-    assert ksampling.handoff_step(levels, sigmas, Refiner(refiner, 0.8).cutoff(1000)) == 8  # t 999 ... 222
-    images, _ = run(base, refiner, 0.0, steps=3)
+    assert ksampling.handoff_step(levels, sigmas, Refiner(refiner, 1.0).cutoff(1000)) == 0
+    assert ksampling.handoff_step(levels, sigmas, Refiner(refiner, 0.2).cutoff(1000)) == 8  # t 999 ... 222
+    images, _ = run(base, refiner, 1.0, steps=3)
     assert torch.isfinite(images).all()
 
 
