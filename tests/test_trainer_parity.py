@@ -384,3 +384,27 @@ def test_fine_tuning_holds_out_a_fraction_and_hands_on_the_ema(tiny, images):
     assert any(not torch.equal(ema[k], raw[k]) for k in ema)
     assert any(not torch.equal(a, b) for a, b in zip(tiny.pipe.unet.parameters(),
                                                               tuned.pipe.unet.parameters(), strict=True))
+
+
+def test_sdxl_tag_dropout_reencodes_as_the_cache_does_and_trains(tmp_path):
+    """With every tag kept, the per-step encoding equals the cached SDXL hidden states and pooled
+    embedding (the same as diffusers' encode_prompt); with dropout the tiny SDXL trains."""
+    from test_checkpoints import make_tiny_checkpoint
+
+    from loralab.core.checkpoints import load_single_file
+    from loralab.core.trainer.conditioner import Conditioner
+
+    path, config_dir, _ = make_tiny_checkpoint("sdxl", tmp_path)
+    pipe, _ = load_single_file(path, torch.float32, config_dir=config_dir)
+    data = encode_dataset(pipe, torch.rand(2, 64, 64, 3), ["sks, red, round", "sks, blue"])
+    cpu = torch.device("cpu")
+    keep_all = Conditioner(pipe, data, {}, 0.0, cpu, tag_dropout=0.9, keep_tags=3)
+    drop = keep_all.draw([0, 1], torch.Generator().manual_seed(0))
+    assert drop.captions == data.captions
+    with torch.no_grad():
+        cond, added = keep_all([0, 1], drop)
+    torch.testing.assert_close(cond, data.embeddings, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(added["text_embeds"], data.added_cond["text_embeds"], rtol=1e-5, atol=1e-5)
+    result = train_lora(pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=2, alpha=2.0),
+                        TrainSpec(steps=2, batch_size=2, tag_dropout=0.5, keep_tags=1))
+    assert all(math.isfinite(x) for x in result.losses)
