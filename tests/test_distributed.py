@@ -19,10 +19,14 @@ import loralab
 from loralab.headless.cli import main
 
 STEPS = 24
+# 1 and 2 processes differ by float summation order (gloo's all-reduce, OpenMP threads); over 24
+# steps of lr 2e-3 the drift reaches ~2e-5 in single weights of magnitude ~0.1 (measured: 1.8e-5).
+TOLERANCE = {"rtol": 1e-4, "atol": 3e-5}
 
 
 def workflow(tmp_path: Path) -> Path:
-    """workflows/train_lora.json at a test's size: 8 striped scenes, batch 4, a checkpoint every step."""
+    """workflows/train_lora.json at a test's size: 8 striped scenes (one held out for its validation
+    loss, EMA on), batch 4, a checkpoint every step."""
     wf = json.loads((Path(loralab.__file__).parent / "workflows" / "train_lora.json").read_text())
     by_class = {node["class_type"]: node for node in wf.values()}
     by_class["LoRALabLoadPipeline"]["inputs"].update(dtype="fp32", device="cpu")
@@ -84,8 +88,12 @@ def test_two_processes_train_the_lora_one_process_trains(tmp_path, one_process):
     single, double = lora_file(one_process), lora_file(out)
     assert single.keys() == double.keys()
     for key in single:
-        torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(double[key], single[key], **TOLERANCE, msg=key)
     assert len(list((out / "loras").glob("*.safetensors"))) == 1, "one writer"
+    logs = [(run / "loralab_checkpoints" / "world-striped" / "log.csv").read_text().splitlines()
+            for run in (one_process, out)]
+    val = [[float(row.split(",")[4]) for row in log[1:] if row.split(",")[4]] for log in logs]
+    assert len(val[0]) == len(val[1]) >= 2 and val[1] == pytest.approx(val[0], rel=1e-4), "the same validation losses"
     assert sorted(p.name for p in (out / "train_lora").iterdir()) == sorted(
         p.name for p in (one_process / "train_lora").iterdir())
 
@@ -108,4 +116,4 @@ def test_two_processes_resume_after_the_run_is_killed(tmp_path, one_process):
     finish(two_processes(wf, out))
     single, resumed = lora_file(one_process), lora_file(out)
     for key in single:
-        torch.testing.assert_close(resumed[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(resumed[key], single[key], **TOLERANCE, msg=key)
