@@ -29,9 +29,11 @@ def prompts():
 
 
 def images_of(name: str, prompts) -> torch.Tensor:
-    """One image per prompt with the Sampler/Generate nodes' defaults (euler, 20 steps, CFG 7.5)."""
+    """One image per prompt with the Sampler/Generate nodes' defaults (euler, 20 steps, CFG 7.5), 20
+    prompts per batch (the same images up to float rounding, ~2.5x faster)."""
     lp = load_pipeline(name, "fp32", "cpu")
-    images, _ = generate(lp, SamplerSpec("euler"), prompts, GenerateSettings(steps=20, cfg=7.5, seed=0))
+    settings = GenerateSettings(steps=20, cfg=7.5, seed=0, prompts_per_batch=20)
+    images, _ = generate(lp, SamplerSpec("euler"), prompts, settings)
     return images
 
 
