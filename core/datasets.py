@@ -57,10 +57,19 @@ def _roots_text() -> str:
     return ", ".join(map(str, input_roots()))
 
 
-def _resolve_input(name: str, kind: str, exists) -> Path:
-    text = name.replace("\\", "/").strip().strip("/")
+def input_path_problem(name: str, kind: str) -> str | None:
+    """Why ``name`` cannot name something inside the input folder, from its text alone (absolute,
+    '..', a drive or scheme), or None: what nodes check at validation, before anything runs."""
+    text = name.replace("\\", "/").strip().rstrip("/")
     if not text or text.startswith("/") or ".." in text.split("/") or ":" in text:
-        raise ValueError(f"{kind} {name!r} must be a relative path inside the input folder ({_roots_text()})")
+        return f"{kind} {name!r} must be a relative path inside the input folder ({_roots_text()})"
+    return None
+
+
+def _resolve_input(name: str, kind: str, exists) -> Path:
+    if problem := input_path_problem(name, kind):
+        raise ValueError(problem)
+    text = name.replace("\\", "/").strip().strip("/")
     for root in input_roots():
         root = root.resolve()
         path = (root / text).resolve()

@@ -50,6 +50,10 @@ class LoRALabImageFolder:
                       "one is an error). Such mask files are never loaded as images."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, folder=None):
+        return _paths_valid("Image Folder", folder=folder)
+
     def load(self, folder, resolution, crop, flip, default_caption="", seed=0, buckets=False, masks="none"):
         from ..core.datasets import load_image_folder, preview_batch
 
@@ -115,6 +119,17 @@ def _caption_options(what: str) -> dict:
     }
 
 
+def _paths_valid(node: str, **paths) -> bool | str:
+    """Validation (before anything runs, ComfyUI's exit 2 headless): a path that could only lead
+    outside the input folder is refused from its text; links and existence are checked on loading."""
+    from ..core.datasets import input_path_problem
+
+    for name, value in paths.items():
+        if isinstance(value, str) and (problem := input_path_problem(value, name)):
+            return f"LoRA Lab: {node}: input '{name}': {problem}"
+    return True
+
+
 class _CaptionFile:
     """COCO and Flickr: a caption file plus an image folder, prepared as Image Folder prepares images."""
     CATEGORY = "LoRA Lab/data"
@@ -154,6 +169,10 @@ class LoRALabCOCOCaptions(_CaptionFile):
             **_image_inputs(),
         }, "optional": _caption_options("COCO has about five")}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, annotations=None, image_folder=None):
+        return _paths_valid(cls.TITLE, annotations=annotations, image_folder=image_folder)
+
     def load(self, annotations, image_folder, resolution, crop, flip, caption="first", max_images=0, seed=0,
              buckets=False, missing_images="error"):
         return self._load("load_coco_captions", annotations, image_folder, resolution, crop, flip, caption,
@@ -179,6 +198,10 @@ class LoRALabFlickrCaptions(_CaptionFile):
                              "it Flicker8k_Dataset)."}),
             **_image_inputs(),
         }, "optional": _caption_options("Flickr has five")}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, captions_file=None, image_folder=None):
+        return _paths_valid(cls.TITLE, captions_file=captions_file, image_folder=image_folder)
 
     def load(self, captions_file, image_folder, resolution, crop, flip, caption="first", max_images=0, seed=0,
              buckets=False, missing_images="error"):

@@ -312,7 +312,7 @@ def test_flickr_refuses_hostile_paths(inputs, outside):
     node = LoRALabFlickrCaptions()
     with pytest.raises(ValueError, match="input 'captions_file': '../outside/secret.json' must be a relative path"):
         node.load("../outside/secret.json", "flickr/images", 32, "center", False)
-    with pytest.raises(ValueError, match="input 'image_folder': '/tmp' was not found"):
+    with pytest.raises(ValueError, match="input 'image_folder': '/tmp' must be a relative path"):
         node.load("flickr/captions.txt", "/tmp", 32, "center", False)
 
 

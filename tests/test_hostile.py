@@ -68,6 +68,13 @@ def reroute_chain(length, link_type):
     return {"nodes": nodes, "links": links}
 
 
+def dataset_node(kind, **paths):
+    """A dataset node with the given path inputs, its images saved (validation needs an output)."""
+    inputs = {**paths, "resolution": 64, "crop": "center", "flip": False}
+    return {"1": {"class_type": kind, "inputs": inputs},
+            "2": {"class_type": "LoRALabSaveImage", "inputs": {"images": ["1", 1], "filename_prefix": "x"}}}
+
+
 def set_model(value):
     return lambda wf: wf["1"]["inputs"].update(model=value)
 
@@ -109,6 +116,13 @@ CASES = {
                                 "slot -5"),
     "ui_negative_origin_slot": ("run", save_image_fed_by("IMAGE", origin_slot=-1), [], "slot -1"),
     "ui_10000_reroutes_of_the_wrong_type": ("run", reroute_chain(10000, "LL_PROMPTS"), [], "LL_PROMPTS"),
+    # dataset paths that could only lead outside the input folder: refused at validation
+    "image_folder_parent": ("run", dataset_node("LoRALabImageFolder", folder="../outside"), [],
+                            "input 'folder': folder '../outside' must be a relative path inside the input folder"),
+    "coco_absolute_annotations": ("run", dataset_node("LoRALabCOCOCaptions", annotations="/etc/passwd",
+                                                      image_folder="coco"), [], "input 'annotations'"),
+    "flickr_drive_folder": ("run", dataset_node("LoRALabFlickrCaptions", captions_file="f.txt",
+                                                image_folder="C:/Windows"), [], "input 'image_folder'"),
     # sweeps
     "sweep_of_a_list_root_workflow": ("sweep", [1, 2], ['workflow = "input.json"\n[axes]\n"5.steps" = [1, 2]\n'],
                                       "JSON object"),

@@ -191,7 +191,8 @@ def test_ui_export_puts_widgets_in_declaration_order_with_the_seed_control_value
 
     ui = api_to_ui(quickstart(), loralab.NODE_CLASS_MAPPINGS)
     gen = next(n for n in ui["nodes"] if n["id"] == 5)
-    assert gen["widgets_values"] == ["", 20, 7.5, 42, "fixed", 64, 64, 2, 1, -1.0, 0.2]  # optional widgets at their defaults
+    # optional widgets at their defaults
+    assert gen["widgets_values"] == ["", 20, 7.5, 42, "fixed", 64, 64, 2, 1, -1.0, 0.2]
     assert [i["name"] for i in gen["inputs"]] == ["pipeline", "sampler", "prompts", "refiner"]
     for link_id, src, slot, dst, dst_slot, kind in ui["links"]:
         target = next(n for n in ui["nodes"] if n["id"] == dst)
