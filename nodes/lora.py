@@ -80,8 +80,8 @@ class LoRALabTrainConfig:
                                      "Fixed timesteps per held-out example (midpoints of equal bins of the "
                                      "schedule)."}),
             "ema_decay": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.99999, "step": 0.0001, "round": False,
-                          "tooltip": "EMA of the trained weights (0 = off; e.g. 0.999). The LoRA out is the EMA; "
-                                     "Save LoRA can write the raw weights instead."}),
+                          "tooltip": "EMA of the trained weights (0 = off; e.g. 0.999). The LoRA out (and the "
+                                     "validation images) are the EMA; Save LoRA can write the raw weights instead."}),
             "ema_warmup": ("BOOLEAN", {"default": False, "tooltip":
                            "EMA warm-up 1 - (1 + n)^(-2/3) (diffusers' use_ema_warmup) instead of "
                            "(1 + n) / (10 + n), each capped at ema_decay."}),

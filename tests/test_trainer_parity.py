@@ -408,3 +408,20 @@ def test_sdxl_tag_dropout_reencodes_as_the_cache_does_and_trains(tmp_path):
     result = train_lora(pipe, data, NoiseStrategy(), LoRAConfigSpec(rank=2, alpha=2.0),
                         TrainSpec(steps=2, batch_size=2, tag_dropout=0.5, keep_tags=1))
     assert all(math.isfinite(x) for x in result.losses)
+
+
+def test_validation_images_show_the_ema_weights_and_training_is_untouched(tiny, data):
+    """With EMA the validation callback sees the EMA weights (what the LoRA out is); the raw
+    weights come back exactly afterwards, so training equals a run without validation images."""
+    name = next(n for n, _ in tiny.pipe.unet.named_modules() if n.endswith("to_q"))
+    spec = TrainSpec(steps=4, batch_size=2, lr=3e-3, seed=5, ema_decay=0.7, validation_every=4)
+
+    def snapshot(step):  # the live adapter weight of one module, as the "image"
+        module = dict(tiny.pipe.unet.named_modules())[name]
+        return module.lora_B["loralab_train"].weight.detach().clone()[None]
+
+    result = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec, validation=snapshot)
+    ((step, seen),) = result.validation_images
+    assert step == 4 and torch.equal(seen[0], result.ema_states["unet"][f"{name}.lora_B.weight"])
+    plain = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(**{**spec.__dict__, "validation_every": 0}))
+    assert _states_equal(result.unet_state, plain.unet_state)

@@ -50,8 +50,10 @@ class Hooks:
         """``evaluate(fn)`` runs ``fn`` with the weights to evaluate (schedule-free AdamW's averaged
         ones) and the model in eval mode."""
         if self.validation is not None and self.validation_every and state.step % self.validation_every == 0:
+            # with EMA the images show the EMA weights, the LoRA Train LoRA hands on (as OneTrainer samples)
+            ema = state.ema is not None and state.ema.optimization_step > 0
             with torch.random.fork_rng(devices=rng_devices(device)):  # dropout's stream goes on untouched
-                images = evaluate(lambda: self.validation(state.step))
+                images = evaluate(lambda: self.validation(state.step), ema=ema)
             state.validations.append((state.step, images))
             if self.writer is not None:
                 self.writer.add_images("validation", images.float().clamp(0, 1), state.step, dataformats="NHWC")
