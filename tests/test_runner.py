@@ -310,12 +310,12 @@ def test_training_workflow_trains_saves_and_renders_before_and_after(tmp_path):
     out = run_shipped(tmp_path, "train_lora", "Train Config.steps=6", "Train Config.checkpoint_every=3",
                       "Train Config.validation_every=3", "4.count=8")
     assert len(list((out / "loras").glob("world-striped_*_.safetensors"))) == 1
-    assert len(list((out / "train_lora").glob("before_*.png"))) == 2
-    assert len(list((out / "train_lora").glob("after_*.png"))) == 2
+    assert len(list((out / "train_lora").glob("before_*.png"))) == 12  # the 12 held-out test prompts
+    assert len(list((out / "train_lora").glob("after_*.png"))) == 12
     assert len(list((out / "train_lora").glob("validation_*.png"))) == 2  # steps 3 and 6
     assert (out / "loralab_checkpoints" / "world-striped" / "checkpoint-0000006" / "state.pt").is_file()
     rows = rows_of(out / "train_lora" / "scores_00001_.csv")  # before and after, joined per image
-    assert [r["model"] for r in rows] == [STUDENT] * 2 + [f"{STUDENT} + world-striped"] * 2
+    assert [r["model"] for r in rows] == [STUDENT] * 12 + [f"{STUDENT} + world-striped"] * 12
     assert all(r["prompt"].endswith(", in striped style") for r in rows)
     assert all(0 <= float(r["world_adherence"]) <= 1 and 0 <= float(r["world_style_striped"]) <= 1 for r in rows)
 
