@@ -32,10 +32,12 @@ from .trainer.state import (  # noqa: F401
     FULL,
     _Batches,
     derived_seed,
+    ema_weights,
     is_adapter,
     latest_checkpoint,
     lora_state,
     rng_devices,
+    trained_parameters,
     trained_state,
 )
 
@@ -528,8 +530,7 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
         objective = LCMObjective(spec.distill, prediction, alpha_bar, uncond)
     else:
         objective = DenoisingObjective(noise, prediction, alpha_bar, spec.normalize_masked_loss)
-    params = [p for model, targets in models.values() for n, p in model.named_parameters()
-              if targets == FULL or (targets and is_adapter(n))]
+    params = trained_parameters(models)
     optimizer = _optimizer(_lr_groups(models, lcfg, params, spec.lr), spec, pipe.unet.device)
     hooks = Hooks(progress, validation, spec.validation_every, checkpoint_dir, spec.checkpoint_every,
                   tensorboard=spec.tensorboard)
@@ -539,10 +540,8 @@ def _train(pipe, models, data, noise, lcfg, spec, checkpoint_dir, progress, vali
     states = {name: trained_state(model, targets) for name, (model, targets) in models.items() if targets}
     ema_states = None
     if state.ema is not None:  # the EMA weights in the same layout; the modules keep the raw ones
-        state.ema.store(params)
-        state.ema.copy_to(params)
-        ema_states = {name: trained_state(model, targets) for name, (model, targets) in models.items() if targets}
-        state.ema.restore(params)
+        with ema_weights(state.ema, params):
+            ema_states = {name: trained_state(model, targets) for name, (model, targets) in models.items() if targets}
     targets = [t for _, model_targets in models.values() for t in model_targets]
     return TrainResult(states, targets, lcfg, state.losses, state.lrs, seconds, peak_memory_mb,
                        sum(p.numel() for p in params), state.step,

@@ -11,6 +11,7 @@ writes the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -20,7 +21,7 @@ from ..measure import measure
 from ..runtime import check_interrupted
 from .conditioner import Conditioner
 from .hooks import Hooks
-from .state import FULL, TrainState, _Batches, derived_seed, is_adapter, latest_checkpoint, make_ema
+from .state import TrainState, _Batches, derived_seed, ema_weights, latest_checkpoint, make_ema, trained_parameters
 from .validation import ValidationLoss
 
 
@@ -67,8 +68,7 @@ def run(pipe, models: dict, data, objective, spec, signature: str, hooks: Hooks,
     trained = {name: accelerator.prepare_model(model, device_placement=False) if world > 1 else model
                for name, (model, targets) in models.items() if targets}
     unet = trained.get("unet", models["unet"][0])
-    params = [p for model, targets in models.values() for n, p in model.named_parameters()
-              if targets == FULL or (targets and is_adapter(n))]
+    params = trained_parameters(models)
     state = TrainState(models, accelerator.prepare_optimizer(optimizer, device_placement=False), schedule,
                        _Batches(len(data.latents), spec.batch_size, spec.seed, buckets),
                        torch.Generator().manual_seed(derived_seed(spec.seed, 1)), signature,
@@ -99,14 +99,10 @@ def run(pipe, models: dict, data, objective, spec, signature: str, hooks: Hooks,
         for model, _ in models.values():
             model.eval()
         state.optimizer.eval()
-        if ema:
-            state.ema.store(params)
-            state.ema.copy_to(params)
         try:
-            return fn()
+            with ema_weights(state.ema, params) if ema else contextlib.nullcontext():
+                return fn()
         finally:
-            if ema:
-                state.ema.restore(params)
             state.optimizer.train()
             for model, _ in models.values():
                 model.train()

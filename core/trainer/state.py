@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,6 +200,25 @@ def make_ema(params: list, spec):
     from diffusers.training_utils import EMAModel
 
     return EMAModel(params, decay=spec.ema_decay, use_ema_warmup=spec.ema_warmup, inv_gamma=1.0, power=2 / 3)
+
+
+def trained_parameters(models: dict) -> list:
+    """What a run trains (``models``: component -> (module, targets)), in one fixed order that the
+    optimizer, the EMA and its checkpoints share: every parameter of a FULL component, the adapters'
+    of the others."""
+    return [p for model, targets in models.values() for n, p in model.named_parameters()
+            if targets == FULL or (targets and is_adapter(n))]
+
+
+@contextmanager
+def ema_weights(ema, params: list):
+    """``params`` hold the EMA's weights inside the block; the raw ones come back exactly after."""
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        yield
+    finally:
+        ema.restore(params)
 
 
 def _write_latest(folder: Path, name: str) -> None:
