@@ -455,6 +455,21 @@ class LoRALabSaveLoRA:
         return {"ui": {"text": [str(path)]}, "result": (ScoreTable(("model", "lora"), [row]),)}
 
 
+def _displayed_rank(tensors: dict) -> tuple[int, float]:
+    """(rank, alpha) for the score rows: the largest module rank (block-wise files mix ranks; kohya's
+    network_dim is likewise the upper one) with that module's alpha (its rank where it has none).
+    The rank is the first axis of LoRA's down, LoHa's w1_b, LoKr's w2_b or w1_b (LyCORIS keys);
+    0 = only full weight offsets (.diff/.diff_b, ComfyUI's trainer), no low-rank pair."""
+    rank, alpha = 0, 0.0
+    for key, value in tensors.items():
+        for part in (".lora_down.weight", ".hada_w1_b", ".lokr_w2_b", ".lokr_w1_b"):
+            if key.endswith(part) and int(value.shape[0]) > rank:
+                rank = int(value.shape[0])
+                module_alpha = tensors.get(key[: -len(part)] + ".alpha")
+                alpha = float(module_alpha) if module_alpha is not None else float(rank)
+    return rank, alpha
+
+
 class LoRALabLoadLoRA:
     DESCRIPTION = ("Load a LoRA file: kohya layout (A1111/kohya/LoRA Lab), ComfyUI's own trainer layout, or "
                    "diffusers/peft layout. Only .safetensors files are read.")
@@ -484,11 +499,7 @@ class LoRALabLoadLoRA:
             tensors, meta = read_lora_file(files[lora_name])
         except ValueError as e:
             raise ValueError(f"LoRA Lab: Load LoRA: input 'lora_name' = {lora_name!r}: {e}") from None
-        # rank 0: only full weight offsets (.diff/.diff_b, ComfyUI's trainer), no low-rank pair
-        # the rank is the first axis of LoRA's down, LoHa's w1_b, LoKr's w2_b or w1_b (LyCORIS keys)
-        rank = next((int(v.shape[0]) for k, v in tensors.items()
-                     if k.endswith((".lora_down.weight", ".hada_w1_b", ".lokr_w2_b", ".lokr_w1_b"))), 0)
-        alpha = next((float(v) for k, v in tensors.items() if k.endswith(".alpha")), float(rank))
+        rank, alpha = _displayed_rank(tensors)
         family = "sdxl" if any(k.startswith(("lora_te1_", "lora_te2_", "diffusion_model.label_emb")) for k in tensors) \
             or meta.get("ss_base_model_version", "").startswith("sdxl") else "sd1"
         lora = LabLoRA(tensors, rank, alpha, family, lora_name, meta, file_size_bytes=files[lora_name].stat().st_size)

@@ -11,6 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from test_checkpoints import UNET
 from test_lora_config import reference_unet
 
+from loralab.core.host import configure as configure_host
 from loralab.core.ldm_names import unet_ldm_keys
 from loralab.core.lora import (
     LoRAConfigSpec,
@@ -219,6 +220,7 @@ def test_lr_weights_reach_the_optimizer_and_scale_the_step(tiny, data, monkeypat
 @pytest.mark.parametrize("variant", ["lora", "rslora"])
 def test_the_file_holds_each_modules_alpha_and_merges_as_trained(tiny, variant, tmp_path):
     from loralab.core.lora_files import merged_copy, read_lora_file, save_lora_file
+    from loralab.nodes.lora import LoRALabLoadLoRA
 
     config = LoRAConfigSpec(rank=4, alpha=4.0, targets="attention", variant=variant, block_ranks="up=2, MID=8",
                             block_alphas="down=1, mid=16", block_lr_weights="IN04=2")
@@ -232,8 +234,13 @@ def test_the_file_holds_each_modules_alpha_and_merges_as_trained(tiny, variant, 
         name = "lora_unet_" + t.replace(".", "_")
         assert lora.tensors[f"{name}.lora_down.weight"].shape[0] == ranks[t]
         assert float(lora.tensors[f"{name}.alpha"]) == pytest.approx(kohya_alpha(alphas[t], ranks[t], variant))
-    path = save_lora_file(lora.tensors, lora.metadata, tmp_path / "block.safetensors")
+    (tmp_path / "loras").mkdir()
+    path = save_lora_file(lora.tensors, lora.metadata, tmp_path / "loras" / "block.safetensors")
     tensors, meta = read_lora_file(path)
+    configure_host(models=(tmp_path,))
+    (loaded,) = LoRALabLoadLoRA().load("block.safetensors")  # the rows show the largest rank, its alpha
+    mid = next(t for t in targets if ranks[t] == 8)
+    assert (loaded.rank, loaded.alpha) == (8, pytest.approx(kohya_alpha(alphas[mid], 8, variant)))
     assert tensors.keys() == lora.tensors.keys() and all(torch.equal(tensors[k], lora.tensors[k]) for k in tensors)
     args = json.loads(meta["ss_network_args"])
     assert args["block_dims"].split(",")[12] == "8" and args["up_lr_weight"] == ",".join(["1"] * 12)
