@@ -252,11 +252,13 @@ def generate(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt],
 
 
 def img2img(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: GenerateSettings,
-            init: torch.Tensor, strength: float, mask: torch.Tensor | None = None):
+            init: torch.Tensor, strength: float, mask: torch.Tensor | None = None, refiner: Refiner | None = None):
     """Image to image (SDEdit), as KSampler with denoise = ``strength`` on the VAE-encoded ``init``
     (ComfyUI ``IMAGE``; one image for all prompts or one per prompt). Strength 0 returns the input
     unchanged; strength 1 ignores it and equals text to image from the same seed. With a ``MASK``
-    (1 = repaint) only the masked area changes, as with ComfyUI's Set Latent Noise Mask."""
+    (1 = repaint) only the masked area changes, as with ComfyUI's Set Latent Noise Mask. A
+    ``refiner`` takes the steps below its cutoff (diffusers' img2img ``strength`` + ``denoising_end``,
+    then the refiner's ``denoising_start``); where ``strength`` starts below the cutoff it runs them all."""
     if init.shape[0] not in (1, len(prompts)):
         raise ValueError(f"got {init.shape[0]} init images for {len(prompts)} prompts; give one image "
                          "for all prompts or one per prompt")
@@ -266,7 +268,7 @@ def img2img(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
         index = [min(i, init.shape[0] - 1) for i in range(len(prompts)) for _ in range(s.images_per_prompt)]
         return init[index].float().cpu(), ScoreTable(SCORE_KEYS)
     if strength >= 1 and mask is None:
-        return generate(lp, sampler, prompts, s)
+        return generate(lp, sampler, prompts, s, refiner)
     with torch.no_grad():
         latents = encode(lp, init)
 
@@ -276,4 +278,4 @@ def img2img(lp: LabPipeline, sampler: SamplerSpec, prompts: list[Prompt], s: Gen
             start["mask"] = mask[min(index, mask.shape[0] - 1)][None, None].to(lp.device)
         return start
 
-    return _render(lp, sampler, prompts, s, start_for, {"strength": strength})
+    return _render(lp, sampler, prompts, s, start_for, {"strength": strength}, refiner)

@@ -134,7 +134,7 @@ class LoRALabGenerate:
     def generate(self, pipeline, sampler, prompts, negative_prompt, steps, cfg, seed, width,
                  height, images_per_prompt, prompts_per_batch=1, cfg_rescale=-1.0, refiner=None,
                  refine_fraction=0.2):
-        from ..core.generate import GenerateSettings, Refiner, generate, refiner_problem
+        from ..core.generate import GenerateSettings, Refiner, generate
 
         if pipeline.family == "sdxl_refiner":
             raise ValueError(f"LoRA Lab: Generate: input 'pipeline': '{pipeline.name}' is an SDXL refiner, which "
@@ -143,18 +143,26 @@ class LoRALabGenerate:
         width, height = width or pipeline.native_size, height or pipeline.native_size
         if problem := pipeline.size_problem(width, height):
             raise ValueError(f"LoRA Lab: Generate: inputs 'width'/'height': {problem}")
-        if refiner is not None:
-            if not 0 <= refine_fraction <= 1:
-                raise ValueError(f"LoRA Lab: Generate: input 'refine_fraction': {refine_fraction} is not in 0..1")
-            if refiner.family == "sdxl_refiner" and pipeline.family != "sdxl":
-                raise ValueError(f"LoRA Lab: Generate: input 'pipeline': '{pipeline.name}' is {pipeline.family}, but "
-                                 "the connected refiner finishes SDXL base images; use an SDXL base model")
-            if problem := refiner_problem(pipeline, refiner, width, height):
-                raise ValueError(f"LoRA Lab: Generate: input 'refiner': {problem}")
+        _check_refiner("Generate", pipeline, refiner, refine_fraction, width, height)
         settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt,
                                     prompts_per_batch, None if cfg_rescale < 0 else cfg_rescale)
         return generate(pipeline, sampler, prompts, settings,
                         None if refiner is None else Refiner(refiner, refine_fraction))
+
+
+def _check_refiner(node: str, pipeline, refiner, refine_fraction: float, width: int, height: int) -> None:
+    """Refuse a refiner that cannot finish ``pipeline``'s images, naming the node and the input."""
+    from ..core.generate import refiner_problem
+
+    if refiner is None:
+        return
+    if not 0 <= refine_fraction <= 1:
+        raise ValueError(f"LoRA Lab: {node}: input 'refine_fraction': {refine_fraction} is not in 0..1")
+    if refiner.family == "sdxl_refiner" and pipeline.family != "sdxl":
+        raise ValueError(f"LoRA Lab: {node}: input 'pipeline': '{pipeline.name}' is {pipeline.family}, but "
+                         "the connected refiner finishes SDXL base images; use an SDXL base model")
+    if problem := refiner_problem(pipeline, refiner, width, height):
+        raise ValueError(f"LoRA Lab: {node}: input 'refiner': {problem}")
 
 
 class LoRALabImg2Img:
@@ -184,20 +192,28 @@ class LoRALabImg2Img:
                 **{k: v for k, v in shared.items() if k not in ("pipeline", "sampler", "prompts")},
             },
             "optional": {"mask": ("MASK", {"tooltip": "Optional: repaint only where the mask is 1."}),
-                         "prompts_per_batch": PROMPTS_PER_BATCH, "cfg_rescale": CFG_RESCALE},
+                         "prompts_per_batch": PROMPTS_PER_BATCH, "cfg_rescale": CFG_RESCALE,
+                         "refiner": ("LL_PIPELINE", {"tooltip":
+                                     "Optional SDXL refiner that takes over the last refine_fraction of the "
+                                     "schedule from the SDXL base (all of it where strength is lower). To "
+                                     "refine finished images with the refiner alone, connect it as 'pipeline'."}),
+                         "refine_fraction": REFINE_FRACTION},
         }
 
     def img2img(self, pipeline, sampler, prompts, image, strength, negative_prompt, steps, cfg, seed,
-                images_per_prompt, mask=None, prompts_per_batch=1, cfg_rescale=-1.0):
-        # An SDXL refiner is welcome here: refining given images at a low strength is its own use.
-        from ..core.generate import GenerateSettings, img2img
+                images_per_prompt, mask=None, prompts_per_batch=1, cfg_rescale=-1.0, refiner=None,
+                refine_fraction=0.2):
+        # An SDXL refiner is welcome as 'pipeline': refining given images at a low strength is its own use.
+        from ..core.generate import GenerateSettings, Refiner, img2img
 
         height, width = image.shape[1:3]
         if problem := pipeline.size_problem(width, height):
             raise ValueError(f"LoRA Lab: Img2Img: input 'image': {problem} (resize or crop it)")
+        _check_refiner("Img2Img", pipeline, refiner, refine_fraction, width, height)
         settings = GenerateSettings(steps, cfg, seed, width, height, images_per_prompt, negative_prompt,
                                     prompts_per_batch, None if cfg_rescale < 0 else cfg_rescale)
-        return img2img(pipeline, sampler, prompts, settings, image, strength, mask)
+        return img2img(pipeline, sampler, prompts, settings, image, strength, mask,
+                       None if refiner is None else Refiner(refiner, refine_fraction))
 
 
 NODE_CLASS_MAPPINGS = {

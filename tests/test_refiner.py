@@ -106,6 +106,52 @@ def test_the_handoff_equals_diffusers_base_then_refiner_ensemble(base, refiner, 
     assert (ours - alone).abs().max() > 1e-3
 
 
+def test_img2img_handoff_equals_diffusers_img2img_then_refiner(base, refiner):
+    """Img2Img with a refiner = diffusers' SDXL img2img (strength, denoising_end) on the base, then the
+    refiner (denoising_start). KSampler's denoise d over N steps is the last N of int(N/d) steps;
+    diffusers' strength d over M steps the last int(M·d) of M: N 5, d 0.5 and M 10 are one schedule.
+    The init image goes in as latents (diffusers would sample the VAE posterior, we take its mode)."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from loralab.core.generate import encode, img2img
+
+    init = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
+    s = GenerateSettings(**{**SETTINGS.__dict__, "steps": 5})
+    ours, rows = img2img(base, SamplerSpec("euler"), [Prompt(PROMPT)], s, init, 0.5, refiner=Refiner(refiner, 0.2))
+    assert {(r["refiner"], r["strength"]) for r in rows.rows} == {("embedded: tiny-sdxl-refiner", 0.5)}
+
+    def linspace(pipe):
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="linspace")
+        return pipe
+
+    base_pipe = linspace(StableDiffusionXLImg2ImgPipeline(**base.pipe.components, requires_aesthetics_score=False))
+    refiner_pipe = linspace(StableDiffusionXLImg2ImgPipeline(**refiner.pipe.components, requires_aesthetics_score=True,
+                                                             force_zeros_for_empty_prompt=False))
+    with torch.no_grad():
+        latents = base_pipe(PROMPT, image=encode(base, init), strength=0.5, num_inference_steps=10,
+                            denoising_end=0.8, guidance_scale=s.cfg, output_type="latent",
+                            generator=torch.Generator().manual_seed(s.seed)).images
+        images = refiner_pipe(PROMPT, image=latents, num_inference_steps=10, denoising_start=0.8,
+                              guidance_scale=s.cfg, output_type="pt").images
+    torch.testing.assert_close(ours, images.permute(0, 2, 3, 1).float(), rtol=0, atol=2e-4)
+    alone, _ = img2img(base, SamplerSpec("euler"), [Prompt(PROMPT)], s, init, 0.5)
+    assert (ours - alone).abs().max() > 1e-3
+
+
+def test_img2img_below_the_cutoff_is_the_refiner_alone_through_the_node(base, refiner):
+    """Strength 0.15 starts under the refiner's 0.2 cutoff: the refiner runs every step, as Img2Img
+    with the refiner as its pipeline; a refiner without an SDXL base is refused, naming the input."""
+    from loralab.nodes.sample import LoRALabImg2Img
+
+    node, init = LoRALabImg2Img(), torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(6))
+    args = (SamplerSpec("euler"), [Prompt(PROMPT)], init, 0.15, "", 10, 5.0, 3, 1)
+    handed, _ = node.img2img(base, *args, refiner=refiner, refine_fraction=0.2)
+    alone, _ = node.img2img(refiner, *args)
+    torch.testing.assert_close(handed, alone, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="Img2Img: input 'pipeline'.*SDXL base"):
+        node.img2img(refiner, *args, refiner=refiner)
+
+
 def test_refine_fraction_one_is_the_refiner_from_pure_noise(base, refiner):
     from loralab.core import ksampling
     from loralab.core.samplers import noise_levels, sigmas_for
