@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .choices import BETA_SCHEDULES, LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLERS
+from .choices import BETA_SCHEDULES, HUBER_SCHEDULES, LOSS_TYPES, LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLERS
 
 
 def betas_for(schedule: str, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -176,6 +176,57 @@ def perturb_input_noise(noise: torch.Tensor, generator: torch.Generator, gamma: 
     return noise + gamma * torch.randn(noise.shape, generator=generator, dtype=noise.dtype)
 
 
+def pyramid_noise(noise: torch.Tensor, generator: torch.Generator, iterations: int, discount: float) -> torch.Tensor:
+    """Multi-resolution (pyramid) noise (Whitaker 2023; kohya's ``multires_noise_iterations`` /
+    ``_discount``): ε plus, for i = 0 … iterations − 1, N(0, 1) noise at 1/rⁱ of the latent size
+    (r uniform in [2, 4) per level, bilinearly upsampled) weighted by discountⁱ, stopping after a
+    level of 1 pixel; then divided by its standard deviation over the batch."""
+    if not iterations:
+        return noise
+    _, _, h, w = noise.shape
+    out = noise.clone()
+    for i in range(iterations):
+        r = float(torch.rand((), generator=generator, dtype=torch.float64)) * 2 + 2
+        hn, wn = max(1, int(h / r**i)), max(1, int(w / r**i))
+        level = torch.randn((*noise.shape[:2], hn, wn), generator=generator, dtype=noise.dtype)
+        out += torch.nn.functional.interpolate(level, size=(h, w), mode="bilinear") * discount**i
+        if hn == 1 or wn == 1:
+            break
+    return out / out.std()
+
+
+def huber_threshold(schedule: str, c: float, t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The pseudo-Huber threshold δ per example (Khrapov & Nagel 2024, kohya's ``huber_schedule``):
+    constant: c; exponential: exp(ln(c)·t/T), 1 at t = 0 falling to c at t = T; snr:
+    (1 − c)/(1 + σ_t)² + c with σ_t = √((1 − ᾱ_t)/ᾱ_t), near 1 for clean inputs and c for pure noise."""
+    t = t.to(alpha_bar.device)
+    if schedule == "constant":
+        return torch.full(t.shape, float(c), dtype=torch.float32)
+    if schedule == "exponential":
+        return torch.exp(math.log(c) * t.double() / alpha_bar.shape[0]).float()
+    if schedule == "snr":
+        a = alpha_bar[t].double()
+        return ((1 - c) / (1 + ((1 - a) / a).sqrt()) ** 2 + c).float()
+    raise ValueError(f"huber_schedule {schedule!r} is not one of {', '.join(HUBER_SCHEDULES)}")
+
+
+def pointwise_loss(pred: torch.Tensor, target: torch.Tensor, loss_type: str, delta: torch.Tensor | None = None):
+    """The loss per element: l2 (x²), l1 (|x|), huber (pseudo-Huber 2δ(√(x² + δ²) − δ): x² for |x| ≪ δ,
+    2δ|x| beyond) or smooth_l1 (the same divided by δ), x = pred − target; ``delta`` one per example."""
+    x = pred - target
+    if loss_type == "l2":
+        return x**2
+    if loss_type == "l1":
+        return x.abs()
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type {loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    d = delta.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    # 2(√(x² + δ²) − δ) rationalised: the same value without the cancellation that loses float32
+    # precision when δ is large against x
+    huber = 2 * x**2 / ((x**2 + d**2).sqrt() + d)
+    return d * huber if loss_type == "huber" else huber
+
+
 def target_for(prediction: str, latents: torch.Tensor, noise: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
     """The training target: ε, or v = √ᾱ·ε − √(1 − ᾱ)·x0 (Salimans & Ho 2022)."""
     if prediction == "epsilon":
@@ -213,8 +264,24 @@ class NoiseStrategy:
     prediction: str = MODEL  # or a PREDICTIONS name
     noise_offset: float = 0.0
     input_perturbation: float = 0.0
+    # added later (left out of run signatures at their defaults, so older checkpoints still resume)
+    loss_type: str = "l2"
+    huber_schedule: str = "snr"
+    huber_c: float = 0.1
+    multires_noise_iterations: int = 0
+    multires_noise_discount: float = 0.3
 
     def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        if self.huber_schedule not in HUBER_SCHEDULES:
+            raise ValueError(f"huber_schedule {self.huber_schedule!r} is not one of {', '.join(HUBER_SCHEDULES)}")
+        if not 0 < self.huber_c <= 1:
+            raise ValueError(f"huber_c {self.huber_c} must be in (0, 1]")
+        if self.multires_noise_iterations < 0:
+            raise ValueError(f"multires_noise_iterations {self.multires_noise_iterations} must be at least 0")
+        if not 0 <= self.multires_noise_discount <= 1:
+            raise ValueError(f"multires_noise_discount {self.multires_noise_discount} must be in [0, 1]")
         if self.beta_schedule not in (MODEL, *BETA_SCHEDULES):
             raise ValueError(f"beta schedule {self.beta_schedule!r} is not one of {MODEL}, {', '.join(BETA_SCHEDULES)}")
         if self.prediction not in (MODEL, *PREDICTIONS):

@@ -84,9 +84,15 @@ class TrainSpec:
     normalize_masked_loss: bool = False  # divide each example's masked loss by its mean weight
 
 
-# Every field from ``distill`` on came after the first release: run_signature leaves them out at
-# their defaults, so older checkpoints still resume.
-ADDED_LATER = {f.name: f.default for f in fields(TrainSpec)[[f.name for f in fields(TrainSpec)].index("distill"):]}
+def _added_after(cls, first: str) -> dict:
+    """Fields from ``first`` on came after the first release: run_signature leaves them out at
+    their defaults, so older checkpoints still resume."""
+    names = [f.name for f in fields(cls)]
+    return {f.name: f.default for f in fields(cls)[names.index(first):]}
+
+
+ADDED_LATER = _added_after(TrainSpec, "distill")
+NOISE_ADDED_LATER = _added_after(NoiseStrategy, "loss_type")
 
 
 @dataclass
@@ -384,7 +390,8 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
     lora = "full"
     if lcfg is not None:  # the block-wise fields came later: left out when unset, as above
         lora = {k: v for k, v in asdict(lcfg).items() if not (k.startswith("block_") and v == "")}
-    settings = {"noise": asdict(noise), "lora": lora, "train": train}
+    noise_settings = {k: v for k, v in asdict(noise).items() if NOISE_ADDED_LATER.get(k, object()) != v}
+    settings = {"noise": noise_settings, "lora": lora, "train": train}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -398,6 +405,9 @@ def train_lora(pipe, data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigS
     if spec.distill is not None:
         if not lcfg.train_unet or lcfg.text_encoder_rank:
             raise ValueError("LCM distillation trains a UNet LoRA only: set train_unet on and text_encoder_rank 0")
+        if noise.loss_type != "l2" or noise.multires_noise_iterations:
+            raise ValueError("LCM distillation has its own loss (Train Config's LCM loss) and noise: set Noise "
+                             "Strategy's loss_type to l2 and multires_noise_iterations to 0")
         if data.uncond is None and getattr(pipe, "text_encoder_2", None) is None:
             raise ValueError("LCM distillation needs the empty prompt's embedding (TrainingData.uncond)")
         if spec.validation_loss_every or data.masks is not None:

@@ -1,13 +1,14 @@
 """Training configuration nodes (the trainer itself comes with the Train LoRA node)."""
 
-from ..core.choices import BETA_SCHEDULES, LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLERS
+from ..core.choices import BETA_SCHEDULES, HUBER_SCHEDULES, LOSS_TYPES, LOSS_WEIGHTS, PREDICTIONS, TIMESTEP_SAMPLERS
 from ..core.lora import INITS, UNET_PRESETS, VARIANTS
 
 
 class LoRALabNoiseStrategy:
     DESCRIPTION = ("How training noises the latents and weighs the loss: beta schedule, timestep "
-                   "sampling, loss weighting, prediction type, noise offset, input perturbation, "
-                   "zero-terminal-SNR. The seeds' noise-strategy experiments are combinations of these.")
+                   "sampling, loss weighting, prediction type, noise offset, multi-resolution noise, input "
+                   "perturbation, zero-terminal-SNR, loss type (L2, L1, scheduled pseudo-Huber). The seeds' "
+                   "noise-strategy experiments are combinations of these.")
     CATEGORY = "LoRA Lab/train"
     RETURN_TYPES = ("LL_NOISE",)
     RETURN_NAMES = ("noise",)
@@ -59,6 +60,23 @@ class LoRALabNoiseStrategy:
                                   "samples from the top timestep with rescaled CFG. SNR is 0 at the last "
                                   "step: min_snr weighs it 1 (epsilon) or 0 (v); debiased with epsilon is "
                                   "refused (1/sqrt(0))."}),
+            "loss_type": (list(LOSS_TYPES), {"default": "l2", "tooltip":
+                          "The loss per latent element (kohya's loss_type): l2 (squared error); l1; huber "
+                          "(pseudo-Huber 2d(sqrt(x^2+d^2)-d): squared near 0, linear beyond d, robust to "
+                          "outliers, Khrapov & Nagel 2024); smooth_l1 (huber / d). Then loss_weighting. "
+                          "The validation loss stays plain MSE."}),
+            "huber_schedule": (list(HUBER_SCHEDULES), {"default": "snr", "tooltip":
+                               "The pseudo-Huber threshold d over timesteps: snr: (1-c)/(1+sigma_t)^2 + c (near 1 "
+                               "for clean inputs, c for pure noise; kohya's default); exponential: c^(t/T); "
+                               "constant: c."}),
+            "huber_c": ("FLOAT", {"default": 0.1, "min": 0.001, "max": 1.0, "step": 0.001, "tooltip":
+                        "c of the Huber schedule (kohya's huber_c, default 0.1)."}),
+            "multires_noise_iterations": ("INT", {"default": 0, "min": 0, "max": 10, "tooltip":
+                                          "Multi-resolution (pyramid) noise levels added to the noise; 0 = off; "
+                                          "kohya suggests 6-10 (multires_noise_iterations)."}),
+            "multires_noise_discount": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                                        "Weight ratio between pyramid levels (kohya's multires_noise_discount, "
+                                        "default 0.3; 0.1 is milder)."}),
         }}
 
     @classmethod

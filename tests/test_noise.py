@@ -207,3 +207,107 @@ def test_debiased_epsilon_weighting_with_zero_terminal_snr_is_refused_at_validat
     err = capsys.readouterr().err
     assert f"node {node} (" in err and "v_prediction" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists(), "nothing ran"
+
+
+# --- Loss types and multi-resolution noise (kohya's loss_type / huber_schedule / multires_noise_*) ---
+
+def test_pointwise_losses_follow_their_definitions():
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(5)
+    pred, target = torch.randn(3, 4, 8, 8, generator=g) * 3, torch.randn(3, 4, 8, 8, generator=g)
+    delta = torch.tensor([0.05, 0.3, 1.0])
+    torch.testing.assert_close(noise.pointwise_loss(pred, target, "l2"), F.mse_loss(pred, target, reduction="none"))
+    torch.testing.assert_close(noise.pointwise_loss(pred, target, "l1"), F.l1_loss(pred, target, reduction="none"))
+    x, d = (pred - target).double(), delta.double().view(-1, 1, 1, 1)
+    definition = 2 * d * ((x**2 + d**2).sqrt() - d)  # kohya's formula, in float64
+    torch.testing.assert_close(noise.pointwise_loss(pred, target, "huber", delta).double(), definition,
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(noise.pointwise_loss(pred, target, "smooth_l1", delta).double(), definition / d,
+                               rtol=1e-5, atol=1e-6)
+    x = x.float()
+    # its two regimes: the squared error for errors far below d, 2d|x| - 2d² far above it
+    wide = noise.pointwise_loss(pred, target, "huber", torch.full((3,), 1e3))
+    torch.testing.assert_close(wide, x**2, rtol=1e-3, atol=1e-6)
+    narrow = noise.pointwise_loss(pred, target, "huber", torch.full((3,), 1e-3))
+    far = x.abs() > 0.5
+    torch.testing.assert_close(narrow[far], (2e-3 * x.abs() - 2e-6)[far], rtol=1e-4, atol=1e-7)
+
+
+def test_huber_thresholds_follow_kohyas_schedules_over_diffusers_sigmas():
+    from diffusers import EulerDiscreteScheduler
+
+    config = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    alpha_bar = DDPMScheduler(**config).alphas_cumprod
+    sigmas = EulerDiscreteScheduler(**config).sigmas[:-1].flip(0)  # σ_t = √((1 - ᾱ_t)/ᾱ_t), t = 0 … 999
+    t = torch.tensor([0, 10, 250, 500, 999])
+    torch.testing.assert_close(noise.huber_threshold("snr", 0.1, t, alpha_bar),
+                               (0.9 / (1 + sigmas[t]) ** 2 + 0.1).float(), rtol=1e-5, atol=1e-7)
+    exponential = noise.huber_threshold("exponential", 0.1, t, alpha_bar)
+    assert exponential[0] == 1.0 and exponential[-1] == pytest.approx(0.1 ** (999 / 1000))
+    assert torch.all(exponential[1:] < exponential[:-1])
+    assert torch.equal(noise.huber_threshold("constant", 0.2, t, alpha_bar), torch.full((5,), 0.2))
+    zero_snr = noise.alphas_cumprod(noise.rescale_zero_terminal_snr(noise.betas_for("scaled_linear")))
+    assert noise.huber_threshold("snr", 0.1, torch.tensor([999]), zero_snr).item() == pytest.approx(0.1)  # σ = ∞
+
+
+def test_pyramid_noise_adds_upsampled_levels_and_has_unit_variance():
+    import torch.nn.functional as F
+
+    eps = torch.randn(4, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert noise.pyramid_noise(eps, torch.Generator(), 0, 0.3) is eps
+    # one level: r**0 = 1, so a second full-size N(0, 1) after the draw of r
+    g = torch.Generator().manual_seed(1)
+    torch.rand((), generator=g, dtype=torch.float64)
+    level = torch.randn(4, 4, 32, 32, generator=g)
+    expected = (eps + F.interpolate(level, size=(32, 32), mode="bilinear")) / (eps + level).std()
+    torch.testing.assert_close(noise.pyramid_noise(eps, torch.Generator().manual_seed(1), 1, 0.3), expected)
+    many = noise.pyramid_noise(eps, torch.Generator().manual_seed(2), 10, 0.8)
+    assert many.std().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.equal(many, noise.pyramid_noise(eps, torch.Generator().manual_seed(2), 10, 0.8))
+
+    def neighbour_correlation(x):
+        return float(torch.corrcoef(torch.stack([x[..., :-1].flatten(), x[..., 1:].flatten()]))[0, 1])
+
+    # the coarse levels correlate neighbouring pixels, as white noise does not
+    assert abs(neighbour_correlation(eps)) < 0.05 and neighbour_correlation(many) > 0.2
+
+
+def test_the_objective_uses_the_loss_type_and_validation_stays_mse():
+    from loralab.core.trainer.objectives import DenoisingObjective, Draws
+
+    class Fixed(torch.nn.Module):  # a "UNet" whose prediction is known
+        def __init__(self, out):
+            super().__init__()
+            self.out, self.p = out, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, *args, **kwargs):
+            return type("Out", (), {"sample": self.out})()
+
+    g = torch.Generator().manual_seed(7)
+    x0, eps, pred = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    alpha_bar = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    t = torch.tensor([50, 800])
+    draws, off = Draws({"t": t, "eps": eps, "eps_in": eps}), torch.autocast("cpu", enabled=False)
+    strategy = noise.NoiseStrategy(loss_type="huber", huber_schedule="snr", huber_c=0.1, loss_weighting="min_snr")
+    objective = DenoisingObjective(strategy, "epsilon", alpha_bar)
+    delta = (0.9 / (1 + ((1 - alpha_bar[t]) / alpha_bar[t]).sqrt()) ** 2 + 0.1).view(-1, 1, 1, 1)
+    huber = (2 * delta * ((pred - eps) ** 2 + delta**2).sqrt() - 2 * delta**2).mean(dim=(1, 2, 3))
+    weights = noise.loss_weight("min_snr", noise.snr(alpha_bar)[t])
+    got = objective.loss(Fixed(pred), x0, torch.zeros(2, 77, 8), None, draws, off)
+    torch.testing.assert_close(got, (huber * weights).float(), rtol=1e-5, atol=1e-7)
+    plain = objective.loss(Fixed(pred), x0, torch.zeros(2, 77, 8), None, draws, off, weighted=False)
+    torch.testing.assert_close(plain, ((pred - eps) ** 2).mean(dim=(1, 2, 3)))
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"loss_type": "l3"}, "loss_type 'l3' is not one of l2, l1, huber, smooth_l1"),
+    ({"huber_schedule": "cosine"}, "huber_schedule 'cosine'"),
+    ({"huber_c": 0.0}, r"huber_c 0.0 must be in \(0, 1\]"),
+    ({"multires_noise_discount": 1.5}, "multires_noise_discount 1.5"),
+])
+def test_bad_loss_and_multires_settings_are_refused_by_the_node(options, message):
+    from loralab.nodes.train import LoRALabNoiseStrategy
+
+    with pytest.raises(ValueError, match=f"LoRA Lab: Noise Strategy: {message}"):
+        LoRALabNoiseStrategy().build("model", "uniform", "mse", "model", **options)

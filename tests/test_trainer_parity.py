@@ -425,3 +425,24 @@ def test_validation_images_show_the_ema_weights_and_training_is_untouched(tiny, 
     assert step == 4 and torch.equal(seen[0], result.ema_states["unet"][f"{name}.lora_B.weight"])
     plain = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, TrainSpec(**{**spec.__dict__, "validation_every": 0}))
     assert _states_equal(result.unet_state, plain.unet_state)
+
+
+# --- Loss types and multi-resolution noise ----------------------------------------------------------
+
+def test_huber_loss_and_multires_noise_train_and_resume_signatures_keep_older_checkpoints(tiny, data):
+    from loralab.core.distill import LCMSpec
+    from loralab.core.train import NOISE_ADDED_LATER, run_signature
+
+    spec = TrainSpec(steps=3, batch_size=2, lr=1e-3, seed=4)
+    plain = train_lora(tiny.pipe, data, NoiseStrategy(), LORA, spec)
+    robust = train_lora(tiny.pipe, data, NoiseStrategy(loss_type="huber", multires_noise_iterations=6,
+                                                        multires_noise_discount=0.3), LORA, spec)
+    assert all(math.isfinite(x) for x in robust.losses) and robust.losses != plain.losses
+    # the defaults of fields added later leave the signature as it was before they existed
+    assert set(NOISE_ADDED_LATER) == {"loss_type", "huber_schedule", "huber_c", "multires_noise_iterations",
+                                      "multires_noise_discount"}
+    assert run_signature(data, NoiseStrategy(), LORA, spec) != run_signature(data, NoiseStrategy(huber_c=0.2), LORA,
+                                                                            spec)
+    with pytest.raises(ValueError, match="LCM distillation has its own loss"):
+        train_lora(tiny.pipe, data, NoiseStrategy(loss_type="l1"), LORA,
+                   TrainSpec(steps=1, distill=LCMSpec(w_min=3.0, w_max=9.0)))

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 import torch
 
 from ..distill import LCMSpec, lcm_draws, lcm_per_example_loss
-from ..noise import NoiseStrategy, offset_noise, perturb_input_noise, snr, target_for
+from ..noise import (
+    NoiseStrategy,
+    huber_threshold,
+    offset_noise,
+    perturb_input_noise,
+    pointwise_loss,
+    pyramid_noise,
+    snr,
+    target_for,
+)
 
 
 @dataclass
@@ -25,8 +34,9 @@ class Draws:
 
 class DenoisingObjective:
     """The diffusion loss (Ho et al. 2020; diffusers' ``train_text_to_image_lora.py``): noise x₀ to
-    a timestep the noise strategy samples, predict ε or v (Salimans & Ho 2022), MSE weighted per
-    example by the strategy (min-SNR, Hang et al. 2023; …)."""
+    a timestep the noise strategy samples, predict ε or v (Salimans & Ho 2022), MSE (or the
+    strategy's L1 / scheduled pseudo-Huber) weighted per example by the strategy (min-SNR, Hang et
+    al. 2023; …)."""
 
     def __init__(self, noise: NoiseStrategy, prediction: str, alpha_bar: torch.Tensor, normalize_masked: bool = False):
         self.noise, self.prediction, self.alpha_bar = noise, prediction, alpha_bar
@@ -36,14 +46,16 @@ class DenoisingObjective:
     def draw(self, shape, generator: torch.Generator) -> Draws:
         t = self.noise.sample(shape[0], self.snr, generator)
         eps = offset_noise(shape, generator, self.noise.noise_offset)
+        eps = pyramid_noise(eps, generator, self.noise.multires_noise_iterations, self.noise.multires_noise_discount)
         eps_in = perturb_input_noise(eps, generator, self.noise.input_perturbation)
         return Draws({"t": t, "eps": eps, "eps_in": eps_in})
 
     def loss(self, unet, x0, cond, added, draws: Draws, autocast, pixel_weights: torch.Tensor | None = None,
              weighted: bool = True) -> torch.Tensor:
-        """Per-example loss. ``pixel_weights`` ``[B,1,h,w]`` (masked loss) weight the squared error
+        """Per-example loss. ``pixel_weights`` ``[B,1,h,w]`` (masked loss) weight the pointwise error
         before its mean, as kohya's masked loss does; ``weighted=False`` leaves out the strategy's
-        per-timestep weighting (the validation loss: comparable across strategies)."""
+        per-timestep weighting and loss type (the validation loss, a plain MSE: comparable across
+        strategies)."""
         device, d = x0.device, draws.values
         t, eps = d["t"], d["eps"].to(device)
         a = self.alpha_bar[t].to(device, torch.float32).view(-1, 1, 1, 1)
@@ -55,10 +67,14 @@ class DenoisingObjective:
             pred = unet(noisy.to(dtype), t.to(device), encoder_hidden_states=cond.to(dtype),
                         added_cond_kwargs=added).sample
         target = target_for(self.prediction, x0, eps, self.alpha_bar[t].to(device, torch.float32))
-        squared = (pred.float() - target.float()) ** 2
+        # the strategy's loss_type; the unweighted (validation) loss is the plain MSE
+        n = self.noise
+        huber = n.loss_type in ("huber", "smooth_l1")
+        delta = huber_threshold(n.huber_schedule, n.huber_c, t, self.alpha_bar) if huber else None
+        error = pointwise_loss(pred.float(), target.float(), n.loss_type if weighted else "l2", delta)
         if pixel_weights is not None:
-            squared = squared * pixel_weights.to(device, torch.float32)
-        per_sample = squared.mean(dim=(1, 2, 3))
+            error = error * pixel_weights.to(device, torch.float32)
+        per_sample = error.mean(dim=(1, 2, 3))
         if pixel_weights is not None and self.normalize_masked:
             per_sample = per_sample / pixel_weights.to(device, torch.float32).mean(dim=(1, 2, 3)).clamp_min(1e-8)
         if not weighted:
