@@ -15,6 +15,7 @@ upstream tensors, which may be inference tensors.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -592,6 +593,33 @@ def _held_out(images, captions, weights, masks, spec: TrainSpec, validation_set)
             [masks[i] for i in keep] if masks is not None else None, held_out)
 
 
+def kohya_training_metadata(noise: NoiseStrategy, lcfg: LoRAConfigSpec, spec: TrainSpec) -> dict[str, str]:
+    """The training settings under the ``ss_*`` names kohya's train_network.py writes (str() of its
+    values: None where a setting is off), which LoRA browsers and A1111/Forge extensions show.
+    ``batch_size`` is the global batch, split over the processes (``WORLD_SIZE``, set by torchrun and
+    accelerate)."""
+    processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    weighting = noise.loss_weighting
+    ranged = noise.timestep_sampling == "range"
+    values = {
+        "seed": spec.seed, "optimizer": spec.optimizer, "lr_scheduler": spec.lr_schedule,
+        "lr_warmup_steps": spec.warmup_steps, "max_train_steps": spec.steps,
+        "gradient_accumulation_steps": spec.grad_accum, "gradient_checkpointing": spec.gradient_checkpointing,
+        "mixed_precision": spec.mixed_precision, "max_grad_norm": spec.max_grad_norm,
+        "batch_size_per_device": spec.batch_size // processes, "total_batch_size": spec.batch_size * spec.grad_accum,
+        "caption_dropout_rate": spec.caption_dropout, "caption_tag_dropout_rate": spec.tag_dropout,
+        "keep_tokens": spec.keep_tags, "network_dropout": lcfg.dropout or None, "cache_latents": True,
+        "noise_offset": noise.noise_offset or None, "ip_noise_gamma": noise.input_perturbation or None,
+        "multires_noise_iterations": noise.multires_noise_iterations or None,
+        "multires_noise_discount": noise.multires_noise_discount,
+        "min_snr_gamma": noise.min_snr_gamma if weighting == "min_snr" else None,
+        "debiased_estimation": weighting == "debiased",
+        "min_timestep": noise.t_min if ranged else None, "max_timestep": noise.t_max + 1 if ranged else None,
+        "loss_type": noise.loss_type, "huber_schedule": noise.huber_schedule, "huber_c": noise.huber_c,
+    }
+    return {f"ss_{key}": str(value) for key, value in values.items()}
+
+
 def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: NoiseStrategy, lcfg: LoRAConfigSpec,
                       spec: TrainSpec, checkpoint_dir: Path | None = None, name: str = "lora",
                       weights: list[float] | None = None, masks=None, validation_set=None):
@@ -630,6 +658,7 @@ def train_from_images(lp, images: torch.Tensor, captions: list[str], noise: Nois
                             validation_data=validation_data)
     lcfg = result.config  # the ranks a parameter budget chose
     meta = kohya_metadata(lcfg.rank, lcfg.alpha, lp.family, {
+        **kohya_training_metadata(noise, lcfg, spec),
         "ss_steps": str(result.step), "ss_learning_rate": str(spec.lr), "ss_num_train_images": str(len(images)),
         "loralab_noise": result.metadata["noise"], "loralab_train": result.metadata["train"],
         "loralab_lora": result.metadata["lora"], "loralab_targets": result.targets,

@@ -214,6 +214,19 @@ def test_image_folder_dataset_reads_captions_and_trains(tiny, output_dir, tmp_pa
     lora, *_ = LoRALabTrainLoRA().train(tiny, NoiseStrategy(), LORA, TrainSpec(steps=2, batch_size=2), "ds",
                                           dataset=dataset)
     assert lora.metadata["ss_num_train_images"] == "6"
+    # the settings under kohya's ss_* names, as its train_network.py writes them (str of the value, None = off)
+    meta = lora.metadata
+    assert (meta["ss_max_train_steps"], meta["ss_optimizer"], meta["ss_total_batch_size"]) == ("2", "adamw", "2")
+    assert (meta["ss_loss_type"], meta["ss_noise_offset"], meta["ss_min_snr_gamma"]) == ("l2", "None", "None")
+    tuned, *_ = LoRALabTrainLoRA().train(
+        tiny, NoiseStrategy(loss_weighting="min_snr", min_snr_gamma=3.0, loss_type="huber", huber_c=0.2,
+                            multires_noise_iterations=4, noise_offset=0.05, timestep_sampling="range", t_max=899),
+        LORA, TrainSpec(steps=1, batch_size=2, grad_accum=2, seed=9), "ds-huber", dataset=dataset)
+    expected = {"ss_min_snr_gamma": "3.0", "ss_loss_type": "huber", "ss_huber_c": "0.2", "ss_huber_schedule": "snr",
+                "ss_multires_noise_iterations": "4", "ss_noise_offset": "0.05", "ss_min_timestep": "0",
+                "ss_max_timestep": "900", "ss_seed": "9", "ss_gradient_accumulation_steps": "2",
+                "ss_total_batch_size": "4", "ss_debiased_estimation": "False"}
+    assert {k: tuned.metadata[k] for k in expected} == expected
 
 
 def kohya_bucket_resolutions(max_reso, min_size=256, max_size=1024, divisible=64):
