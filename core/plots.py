@@ -119,15 +119,32 @@ def scatter(points: list[dict], x: str, y: str, front: list[bool | None], colour
                 linestyle="--", zorder=1, label="Pareto front")
         ax.scatter([points[i][x] for i in on], [points[i][y] for i in on], s=140, facecolors="none",
                    edgecolors="black", linewidths=1.4, zorder=3)
-        for i in on:
-            if labels:
-                ax.annotate(labels[i], (points[i][x], points[i][y]), textcoords="offset points", xytext=(6, 6),
-                            fontsize=8)
+        if labels:
+            _annotate_once(ax, [(points[i][x], points[i][y]) for i in on], [labels[i] for i in on])
     ax.set(xlabel=x, ylabel=y, title=title or f"{y} vs {x}")
     ax.grid(alpha=0.3)
     if colours or on:
         ax.legend(fontsize=8, loc="best")
     return _pixels(figure)
+
+
+def _annotate_once(ax, xy: list[tuple], labels: list[str], radius_px: float = 10.0) -> list[str]:
+    """Label points so that labels do not overlap where points (nearly) coincide: points within
+    ``radius_px`` pixels of a group's first point share one label, their names joined. Returns
+    the texts written."""
+    ax.autoscale_view()
+    pixels = ax.transData.transform(np.asarray(xy, dtype=float))
+    groups: list[list[int]] = []
+    for i, p in enumerate(pixels):
+        home = next((g for g in groups if np.hypot(*(pixels[g[0]] - p)) <= radius_px), None)
+        if home is None:
+            groups.append([i])
+        else:
+            home.append(i)
+    texts = [", ".join(dict.fromkeys(labels[i] for i in g)) for g in groups]
+    for g, text in zip(groups, texts, strict=True):
+        ax.annotate(text, xy[g[0]], textcoords="offset points", xytext=(6, 6), fontsize=8)
+    return texts
 
 
 # --- Summaries: bars and radar ---------------------------------------------------------------------

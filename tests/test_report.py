@@ -149,6 +149,19 @@ def test_scatter_rings_exactly_the_pareto_front():
     assert sum(p["pareto"] for p in front) >= 1 and black > 50  # the front's line and rings add ink
 
 
+def test_front_labels_of_points_that_coincide_are_written_once_joined():
+    """Several configurations at one point (seed 004's L5/L7) share one label instead of overprinting."""
+    from matplotlib.figure import Figure
+
+    from loralab.core.plots import _annotate_once
+
+    ax = Figure(figsize=(5, 4), dpi=100).subplots()
+    xy = [(0.0, 0.0), (0.5, 0.5), (0.5, 0.5 + 1e-4), (1.0, 1.0), (0.5, 0.5)]
+    ax.scatter(*zip(*xy, strict=True))
+    texts = _annotate_once(ax, xy, ["L1", "L5", "L7", "L3", "L5"])
+    assert texts == ["L1", "L5, L7", "L3"] and [t.get_text() for t in ax.texts] == texts
+
+
 # --- HTML ------------------------------------------------------------------------------------------
 
 class Tables(HTMLParser):
