@@ -75,7 +75,7 @@ RUN_PREFIX, REPORT_PREFIX = "Time on 2 CPU cores:", "Report:"  # the Note's line
 
 # Run times of the defaults on 2 CPU cores (workflows/seed_results.md, README), without the report.
 TIMES = {
-    "quickstart": "about 10 s", "train_lora": "about 25 s", "knowledge_transfer": "about 20 s",
+    "quickstart": "about 10 s", "train_lora": "about 60 s", "knowledge_transfer": "about 20 s",
     "lcm_lora": "about 1.5 min", "lora_rank": "about 1.5 min", "fashion_lora": "about 30 s",
     "garment_concept": "about 2.5 min", "style_noise": "about 25 s",
 }
