@@ -94,6 +94,11 @@ def _added_after(cls, first: str) -> dict:
 
 ADDED_LATER = _added_after(TrainSpec, "distill")
 NOISE_ADDED_LATER = _added_after(NoiseStrategy, "loss_type")
+LORA_ADDED_LATER = _added_after(LoRAConfigSpec, "block_ranks")
+
+
+def _without_later_defaults(settings, added: dict) -> dict:
+    return {k: v for k, v in asdict(settings).items() if k not in added or added[k] != v}
 
 
 @dataclass
@@ -382,17 +387,12 @@ def run_signature(data: TrainingData, noise: NoiseStrategy, lcfg: LoRAConfigSpec
         extra += ([held_out] if isinstance(held_out, torch.Tensor) else list(held_out)) + [validation_data.embeddings]
     for tensor in (*latents, data.embeddings, *extra):
         h.update(tensor.detach().float().cpu().numpy().tobytes())
-    train = {**asdict(spec), "checkpoint_every": None}
     # fields added later are left out at their defaults, so older checkpoints still resume; so is
     # tensorboard (logging only)
-    for name, default in ADDED_LATER.items():
-        if train[name] == default or name == "tensorboard":
-            del train[name]
-    lora = "full"
-    if lcfg is not None:  # the block-wise fields came later: left out when unset, as above
-        lora = {k: v for k, v in asdict(lcfg).items() if not (k.startswith("block_") and v == "")}
-    noise_settings = {k: v for k, v in asdict(noise).items() if NOISE_ADDED_LATER.get(k, object()) != v}
-    settings = {"noise": noise_settings, "lora": lora, "train": train}
+    train = {**_without_later_defaults(spec, ADDED_LATER), "checkpoint_every": None}
+    train.pop("tensorboard", None)
+    lora = "full" if lcfg is None else _without_later_defaults(lcfg, LORA_ADDED_LATER)
+    settings = {"noise": _without_later_defaults(noise, NOISE_ADDED_LATER), "lora": lora, "train": train}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
